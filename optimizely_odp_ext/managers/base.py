@@ -1,0 +1,59 @@
+"""The interface between ``OdpOptimizely`` and whatever delivers its events."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Optional
+
+from optimizely_odp_ext.event import OdpEvent
+from optimizely_odp_ext.integration import OdpIntegration
+from optimizely_odp_ext.result import SendResult
+
+
+class EventManager(ABC):
+    """What ``OdpOptimizely.send_odp_event`` delegates to.
+
+    The client validates every event and binds it to the ODP integration active when
+    it was accepted (``event.integration``) before calling :meth:`send`; events sent
+    before the datafile is known are held by the client and handed over once it is.
+
+    To plug in your own delivery (say, an existing queue), subclass this and implement
+    :meth:`send`; the rest have working defaults. Pass an instance as
+    ``OdpOptimizely(..., odp_event_manager=...)``.
+    """
+
+    logger: Any = None
+    notification_center: Any = None
+
+    def start(self, *, logger: Any, notification_center: Any, integration: Optional[OdpIntegration]) -> None:
+        """Called once by the client with the SDK's logger and notification center and the
+        integration known at that time (None while undetermined or not integrated).
+        Must not block.
+        """
+        self.logger = logger
+        self.notification_center = notification_center
+
+    @abstractmethod
+    def send(self, event: OdpEvent) -> SendResult:
+        """Accept one valid event for delivery. Called on the application's thread: must be
+        fast, thread-safe, and must not raise. Return :data:`~optimizely_odp_ext.result.ACCEPTED`
+        or a discarded result with its reason.
+        """
+
+    def integration_changed(self, integration: Optional[OdpIntegration]) -> None:  # noqa: B027
+        """A new datafile changed the integration (None: no longer integrated). Must not block.
+        Events already accepted keep their own integration."""
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Deliver everything accepted so far; True when it all was delivered or finally
+        resolved within ``timeout`` seconds (None: no limit). Blocks; thread-safe."""
+        return True
+
+    def close(self, timeout: Optional[float] = None) -> bool:
+        """Deliver what was accepted (within ``timeout``) and stop; idempotent. True when
+        nothing accepted was left undelivered. Blocks; thread-safe."""
+        return self.flush(timeout)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters (accepted, delivered, dropped by reason, queued, ...). Thread-safe."""
+        return {}

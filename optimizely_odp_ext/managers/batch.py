@@ -1,0 +1,440 @@
+"""The default event manager: batches in the background, several requests in flight.
+
+The caller's thread only appends the (already validated) event to a deque. A
+dispatcher thread encodes events, cuts batches (by count, bytes and time) per
+destination, and hands them to ``max_in_flight`` sender threads that share one
+keep-alive ``requests.Session``. Outcomes come back to the dispatcher's structures
+under one lock; nothing is dropped except by the documented policies (queue full,
+refused by the server, older than ``max_event_age``, left at shutdown), each counted
+and logged.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import queue
+import threading
+import time
+import weakref
+from collections import Counter, deque
+from typing import Any, Optional
+
+from optimizely_odp_ext import notifications
+from optimizely_odp_ext.event import OdpEvent
+from optimizely_odp_ext.integration import OdpIntegration, mask_key
+from optimizely_odp_ext.managers.base import EventManager
+from optimizely_odp_ext.managers.batching import Batch, Destination, Item
+from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
+from optimizely_odp_ext.retry import backoff_delay
+from optimizely_odp_ext.settings import ManagerSettings
+from optimizely_odp_ext.transport import Outcome, OutcomeKind, Transport
+
+ENCODE_CHUNK = 2000
+"""Events encoded per hold of the lock, so outcomes are never kept waiting long."""
+_EXPIRY_CHECK_INTERVAL = 1.0
+
+
+class _NoOpLogger:
+    def debug(self, *args: Any) -> None: ...
+    def info(self, *args: Any) -> None: ...
+    def warning(self, *args: Any) -> None: ...
+    def error(self, *args: Any) -> None: ...
+
+
+class BatchEventManager(EventManager):
+    """Delivers ODP events in batches from background threads.
+
+    Every setting can be given as an argument, or as an ``OPTIMIZELY_ODP_*``
+    environment variable (see :mod:`optimizely_odp_ext.settings`). ``send`` never
+    blocks; ``flush`` and ``close`` block up to their timeout. All methods are
+    thread-safe. Threads start on the first event, and again in a forked child.
+    """
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = ManagerSettings.resolve(settings)
+        self.logger: Any = _NoOpLogger()
+        self.notification_center: Any = None
+        self._closed = False
+        self._init_runtime_state()
+        _live_managers.add(self)
+
+    # -- state that a forked child rebuilds -------------------------------------------------
+    def _init_runtime_state(self) -> None:
+        s = self.settings
+        self._incoming: deque[OdpEvent] = deque()
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        """Notified whenever events are resolved (delivered or dropped)."""
+        self._wake = threading.Event()
+        self._idle = False
+        self._started = False
+        self._stopping = False
+        self._flush_requests = 0
+        self._destinations: dict[OdpIntegration, Destination] = {}
+        self._in_flight: dict[int, Batch] = {}
+        self._work: queue.SimpleQueue[Optional[Batch]] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._transport = Transport(s.request_timeout, s.max_in_flight)
+        self._next_seq = 0
+        self._buffered_events = 0
+        self._buffered_bytes = 0
+        self._in_flight_events = 0
+        self._last_expiry_check = 0.0
+        self._notes: list[notifications.Note] = []
+        """Notifications collected under the lock, fired after it is released."""
+        self._counts: Counter[str] = Counter()
+        self._dropped: Counter[str] = Counter()
+        self._dropped_on_send: Counter[str] = Counter()
+
+    # -- the caller's side -------------------------------------------------------------------
+    def start(self, *, logger: Any, notification_center: Any, integration: Optional[OdpIntegration]) -> None:
+        self.logger = logger
+        self.notification_center = notification_center
+
+    def send(self, event: OdpEvent) -> SendResult:
+        """Queue one event. Non-blocking, thread-safe, never raises."""
+        if self._closed:
+            return self._refuse(DiscardReason.CLOSED, "ODP event manager is closed; event discarded.")
+        incoming = self._incoming
+        s = self.settings
+        if (len(incoming) + self._buffered_events >= s.max_queue_events
+                or self._buffered_bytes >= s.max_queue_bytes):
+            return self._refuse(
+                DiscardReason.QUEUE_FULL,
+                f"ODP event queue is full ({s.max_queue_events} events / {s.max_queue_bytes} bytes); "
+                "event discarded.",
+            )
+        if not self._started:
+            self._start_threads()
+        incoming.append(event)
+        if self._idle or len(incoming) >= s.batch_size:
+            self._idle = False
+            self._wake.set()
+        return ACCEPTED
+
+    def _refuse(self, reason: DiscardReason, message: str) -> SendResult:
+        with self._lock:
+            self._dropped_on_send[reason.value] += 1
+        self.logger.warning(message)
+        return SendResult.discarded(reason, message)
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Send everything accepted so far now, and wait until it was delivered or finally
+        resolved. Returns False if ``timeout`` (seconds) ran out first. Blocks; thread-safe."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            target = self._next_seq + len(self._incoming)
+            if not self._started and not self._incoming:
+                return True
+            self._flush_requests += 1
+        try:
+            self._wake.set()
+            with self._lock:
+                while True:
+                    oldest = self._oldest_unresolved()
+                    if oldest is None or oldest >= target:
+                        return True
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._changed.wait(remaining)
+        finally:
+            with self._lock:
+                self._flush_requests -= 1
+
+    def close(self, timeout: Optional[float] = None) -> bool:
+        """Stop accepting events, deliver what was accepted within ``timeout`` (default: the
+        ``close_timeout`` setting), then stop the threads. What is left is counted as
+        dropped (reason ``shutdown``) and logged. Idempotent. Blocks; thread-safe."""
+        if self._closed:
+            return self._undelivered() == 0
+        self._closed = True
+        limit = self.settings.close_timeout if timeout is None else timeout
+        delivered_all = self.flush(limit)
+        with self._lock:
+            self._stopping = True
+            left = [item for dest in self._destinations.values() for item in dest.take_all()]
+            left_in_flight = self._in_flight_events
+            if left:
+                self._resolve_dropped(left, DiscardReason.SHUTDOWN)
+            notes = self._take_notes()
+        self._fire(notes)
+        self._wake.set()
+        for _ in self._threads:
+            self._work.put(None)
+        if left or left_in_flight:
+            self.logger.error(
+                f"ODP event manager closed with {len(left) + left_in_flight} events undelivered "
+                f"(timeout {limit}s)."
+            )
+        self._transport.close()
+        _live_managers.discard(self)
+        return delivered_all and not left and not left_in_flight
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the counters. Thread-safe."""
+        with self._lock:
+            dropped = self._dropped + self._dropped_on_send
+            return {
+                "accepted": self._next_seq + len(self._incoming),
+                "delivered": self._counts["delivered"],
+                "retried": self._counts["retried"],
+                "dropped": dict(dropped),
+                "dropped_total": sum(dropped.values()),
+                "queued": self._buffered_events - self._in_flight_events + len(self._incoming),
+                "queued_bytes": self._buffered_bytes,
+                "in_flight": self._in_flight_events,
+                "batches_sent": self._counts["batches_sent"],
+                "requests": self._counts["requests"],
+            }
+
+    def integration_changed(self, integration: Optional[OdpIntegration]) -> None:
+        """Events held back by a refused key move to the new key of the same host."""
+        if integration is None:
+            return
+        with self._lock:
+            for old in list(self._destinations):
+                dest = self._destinations[old]
+                if dest.unauthorized and old != integration and dest.has_work():
+                    moved = dest.take_all()
+                    target = self._destination(integration)
+                    for item in sorted(moved):
+                        target.add(item)
+                    self.logger.info(
+                        f"ODP: {len(moved)} events refused with key {mask_key(old.api_key)} "
+                        f"move to key {mask_key(integration.api_key)}."
+                    )
+        self._wake.set()
+
+    # -- threads -----------------------------------------------------------------------------
+    def _start_threads(self) -> None:
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+            self._threads = [threading.Thread(target=self._run_dispatcher, name="odp-dispatcher", daemon=True)]
+            self._threads += [
+                threading.Thread(target=self._run_sender, name=f"odp-sender-{i}", daemon=True)
+                for i in range(self.settings.max_in_flight)
+            ]
+        for thread in self._threads:
+            thread.start()
+
+    def _run_dispatcher(self) -> None:
+        while not self._stopping:
+            try:
+                wait = self._dispatch_once()
+            except Exception as error:  # a bug must not stop delivery for good
+                self.logger.error(f"ODP dispatcher error: {type(error).__name__}: {error}")
+                wait = 0.1
+            if wait is None:
+                self._idle = True
+                if self._incoming:
+                    self._idle = False
+                    continue
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def _dispatch_once(self) -> Optional[float]:
+        """Encode new events, send due batches; return seconds until there is more to do."""
+        s = self.settings
+        while self._incoming:
+            with self._lock:
+                self._accept_chunk()
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last_expiry_check >= _EXPIRY_CHECK_INTERVAL:
+                self._expire(now)
+                notes = self._take_notes()
+            else:
+                notes = []
+        self._fire(notes)
+        with self._lock:
+            flushing = self._flush_requests > 0 or self._closed
+            next_due: Optional[float] = None
+            for dest in list(self._destinations.values()):
+                while len(self._in_flight) < s.max_in_flight and dest.can_send(now):
+                    batch = dest.next_batch(now, s.flush_interval, s.batch_size, s.max_batch_bytes, flushing)
+                    if batch is None:
+                        break
+                    self._in_flight[batch.id] = batch
+                    self._in_flight_events += len(batch.items)
+                    dest.in_flight += 1
+                    self._work.put(batch)
+                due = dest.due_at(0.0 if flushing else s.flush_interval)
+                if due is not None and (dest.failures == 0 or dest.in_flight == 0):
+                    next_due = due if next_due is None else min(next_due, due)
+                if not dest.has_work() and dest.in_flight == 0:
+                    del self._destinations[dest.integration]
+            if next_due is None:
+                return None
+            if len(self._in_flight) >= s.max_in_flight:
+                return None  # a sender finishing wakes us
+            return max(0.0, next_due - time.monotonic())
+
+    def _accept_chunk(self) -> None:
+        """Move up to ENCODE_CHUNK events from the caller's deque into their destinations."""
+        incoming = self._incoming
+        for _ in range(min(ENCODE_CHUNK, len(incoming))):
+            event = incoming.popleft()
+            seq = self._next_seq
+            self._next_seq = seq + 1
+            integration = event.integration
+            try:
+                body = event.to_json()
+            except (TypeError, ValueError) as error:  # validated before: only a bug gets here
+                self._dropped[DiscardReason.INTERNAL_ERROR.value] += 1
+                self.logger.error(f"ODP event could not be encoded and was dropped: {error}")
+                continue
+            if integration is None:
+                self._dropped[DiscardReason.ODP_NOT_INTEGRATED.value] += 1
+                continue
+            self._destination(integration).add(Item(seq, body, event.accepted_at))
+            self._buffered_events += 1
+            self._buffered_bytes += len(body)
+
+    def _destination(self, integration: OdpIntegration) -> Destination:
+        dest = self._destinations.get(integration)
+        if dest is None:
+            dest = self._destinations[integration] = Destination(integration)
+        return dest
+
+    def _run_sender(self) -> None:
+        while True:
+            batch = self._work.get()
+            if batch is None:
+                return
+            batch.attempts += 1
+            try:
+                outcome = self._transport.send(batch.destination, batch.body())
+            except Exception as error:  # the transport translates errors; this is a safety net
+                outcome = Outcome(OutcomeKind.RETRY, detail=f"unexpected error: {type(error).__name__}")
+            with self._lock:
+                self._complete(batch, outcome)
+                notes = self._take_notes()
+            self._wake.set()
+            self._fire(notes)
+
+    # -- outcomes (called with the lock held) -------------------------------------------------
+    def _complete(self, batch: Batch, outcome: Outcome) -> None:
+        self._in_flight.pop(batch.id, None)
+        self._in_flight_events -= len(batch.items)
+        self._counts["requests"] += 1
+        dest = self._destination(batch.destination)
+        dest.in_flight -= 1
+        kind = outcome.kind
+        if kind is OutcomeKind.DELIVERED:
+            dest.failures = 0
+            dest.not_before = 0.0
+            dest.unauthorized = False
+            self._counts["batches_sent"] += 1
+            self._counts["delivered"] += len(batch.items)
+            self._release(batch.items)
+            self._changed.notify_all()
+            self._notify(notifications.ODP_BATCH_DELIVERED, batch.destination.host, len(batch.items),
+                         outcome.status)
+            return
+        if kind is OutcomeKind.REJECTED and len(batch.items) > 1:
+            first, second = batch.split()
+            dest.ready_batches.appendleft(second)
+            dest.ready_batches.appendleft(first)
+            self.logger.debug(f"ODP refused a batch of {len(batch.items)} ({outcome.detail}); splitting it.")
+            return
+        if kind in (OutcomeKind.REJECTED, OutcomeKind.FAILED):
+            self.logger.error(
+                f"ODP refused {len(batch.items)} event(s) for good ({outcome.detail}); they are dropped."
+            )
+            self._resolve_dropped(batch.items, DiscardReason.REJECTED)
+            return
+        # RETRY or UNAUTHORIZED: keep the events, back off this destination.
+        dest.failures += 1
+        dest.unauthorized = kind is OutcomeKind.UNAUTHORIZED
+        delay = backoff_delay(dest.failures, self.settings.retry_initial_backoff,
+                              self.settings.retry_max_backoff, outcome.retry_after)
+        dest.not_before = time.monotonic() + delay
+        dest.ready_batches.appendleft(batch)
+        self._counts["retried"] += len(batch.items)
+        message = (f"ODP request failed ({outcome.detail}); {len(batch.items)} events kept, "
+                   f"retry #{dest.failures} in {delay:.2f}s.")
+        if dest.unauthorized:
+            message += f" The key {mask_key(batch.destination.api_key)} is refused: waiting for a new one."
+        self.logger.warning(message)
+        self._notify(notifications.ODP_BATCH_FAILED, batch.destination.host, len(batch.items),
+                     outcome.status, delay)
+
+    def _release(self, items: list[Item]) -> None:
+        self._buffered_events -= len(items)
+        self._buffered_bytes -= sum(len(item.body) for item in items)
+
+    def _resolve_dropped(self, items: list[Item], reason: DiscardReason) -> None:
+        if not items:
+            return
+        self._dropped[reason.value] += len(items)
+        self._release(items)
+        self._changed.notify_all()
+        self._notify(notifications.ODP_EVENTS_DROPPED, reason.value, len(items))
+
+    def _expire(self, now: float) -> None:
+        self._last_expiry_check = now
+        cutoff = now - self.settings.max_event_age
+        for dest in self._destinations.values():
+            expired = dest.take_older_than(cutoff)
+            if expired:
+                self.logger.error(
+                    f"ODP gave up {len(expired)} events older than {self.settings.max_event_age}s "
+                    f"(destination {dest.integration.host})."
+                )
+                self._resolve_dropped(expired, DiscardReason.EXPIRED)
+
+    def _oldest_unresolved(self) -> Optional[int]:
+        seqs = [batch.min_seq for batch in self._in_flight.values()]
+        seqs += [s for s in (d.min_seq() for d in self._destinations.values()) if s is not None]
+        if self._incoming:
+            seqs.append(self._next_seq)
+        return min(seqs) if seqs else None
+
+    def _undelivered(self) -> int:
+        with self._lock:
+            return self._buffered_events + len(self._incoming)
+
+    def _notify(self, kind: str, *args: Any) -> None:
+        if self.notification_center is not None:
+            self._notes.append((kind, args))
+
+    def _take_notes(self) -> list[notifications.Note]:
+        notes, self._notes = self._notes, []
+        return notes
+
+    def _fire(self, notes: list[notifications.Note]) -> None:
+        notifications.fire(self.notification_center, notes)
+
+    # -- fork and exit -------------------------------------------------------------------------
+    def _after_fork_in_child(self) -> None:
+        """The parent keeps delivering what it queued; the child starts afresh."""
+        self._init_runtime_state()
+
+    def _at_exit(self) -> None:
+        if not self._closed:
+            self.close(self.settings.exit_timeout)
+
+
+_live_managers: weakref.WeakSet[BatchEventManager] = weakref.WeakSet()
+
+
+def _close_all_at_exit() -> None:
+    for manager in list(_live_managers):
+        try:
+            manager._at_exit()
+        except Exception:  # never let exit fail because of us
+            pass
+
+
+def _reset_all_after_fork() -> None:
+    for manager in list(_live_managers):
+        manager._after_fork_in_child()
+
+
+atexit.register(_close_all_at_exit)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_all_after_fork)

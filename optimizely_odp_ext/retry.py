@@ -1,0 +1,31 @@
+"""The retry rules, written out in one place.
+
+- Network errors, timeouts, 408, 429 and 5xx: retried, with exponential backoff and
+  jitter, capped at ``retry_max_backoff``; a ``Retry-After`` from the server wins
+  (up to :data:`MAX_RETRY_AFTER`). There is no retry count: an event is given up only
+  when it is older than ``max_event_age`` or at shutdown.
+- 400, 413, 422: the batch is split in halves until the refused events are alone;
+  those are dropped (reason ``rejectedByServer``), the rest delivered.
+- 401, 403: the key is refused. The destination backs off like an outage, and its
+  events move to the new key as soon as a datafile update brings one.
+- Anything else (404, a bad URL, ...): the batch is dropped (``rejectedByServer``).
+- While a destination is failing, one request at a time probes it; the first success
+  restores full speed.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Optional
+
+MAX_RETRY_AFTER = 600.0
+"""The longest ``Retry-After`` honoured, in seconds."""
+
+
+def backoff_delay(failures: int, initial: float, maximum: float, retry_after: Optional[float] = None,
+                  rng: Optional[random.Random] = None) -> float:
+    """Seconds to wait after the ``failures``-th consecutive failure (1-based)."""
+    if retry_after is not None:
+        return min(max(retry_after, 0.0), MAX_RETRY_AFTER)
+    ceiling = min(maximum, initial * (2 ** min(failures - 1, 32)))
+    return ceiling * (0.5 + 0.5 * (rng or random).random())

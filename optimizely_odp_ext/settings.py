@@ -1,0 +1,152 @@
+"""Every setting of the event managers: one source of truth for name, variable, default.
+
+Precedence: constructor argument > ``OPTIMIZELY_ODP_*`` environment variable > default.
+Each value is validated with an error naming the setting.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Mapping, Optional
+
+ENV_PREFIX = "OPTIMIZELY_ODP_"
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off", "")
+
+
+class SettingError(ValueError):
+    """A setting has a value it cannot take."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: its name, parser, default, bounds and meaning."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+    minimum: Optional[float] = None
+    maximum: Optional[float] = None
+    optional: bool = False
+
+    @property
+    def env_var(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+def parse_bool(text: str) -> bool:
+    word = text.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise ValueError(f"expected one of {', '.join(TRUE_WORDS + FALSE_WORDS[:-1])}")
+
+
+def _path(text: str) -> Optional[str]:
+    return text or None
+
+
+MiB = 1024 * 1024
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("batch_size", int, 500, "Most events in one request (ODP accepts up to 500).", 1, 500),
+    Setting("max_batch_bytes", int, 4 * MiB, "Most bytes of JSON in one request.", 1024),
+    Setting("flush_interval", float, 1.0, "Seconds an event may wait for its batch to fill.", 0, 3600),
+    Setting("max_in_flight", int, 4, "Requests sent at the same time.", 1, 64),
+    Setting("max_queue_events", int, 250_000, "Events held in memory, waiting or retried; beyond it new "
+            "events are refused with queueFull.", 1),
+    Setting("max_queue_bytes", int, 128 * MiB, "Bytes of event JSON held in memory; beyond it new events "
+            "are refused with queueFull.", 1024),
+    Setting("request_timeout", float, 10.0, "Seconds to wait for ODP to answer one request.", 0.01, 600),
+    Setting("retry_initial_backoff", float, 0.5, "Seconds before the first retry (doubling, with jitter).",
+            0, 3600),
+    Setting("retry_max_backoff", float, 30.0, "Longest wait between two retries.", 0, 86400),
+    Setting("max_event_age", float, 24 * 3600.0, "Seconds after which an undelivered event is given up "
+            "(reason expired).", 1),
+    Setting("close_timeout", float, 10.0, "Seconds close() waits to deliver what was accepted.", 0, 3600),
+    Setting("exit_timeout", float, 5.0, "Seconds the interpreter waits at exit to deliver pending events "
+            "when close() was not called.", 0, 3600),
+    Setting("spool_path", _path, None, "SQLite file where accepted events wait until ODP acknowledged "
+            "them (durable across crashes and restarts). Off by default.", optional=True),
+)
+
+SETTINGS_BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
+
+
+@dataclass(frozen=True)
+class ManagerSettings:
+    """The settings in force for one manager, and where each value came from."""
+
+    batch_size: int
+    max_batch_bytes: int
+    flush_interval: float
+    max_in_flight: int
+    max_queue_events: int
+    max_queue_bytes: int
+    request_timeout: float
+    retry_initial_backoff: float
+    retry_max_backoff: float
+    max_event_age: float
+    close_timeout: float
+    exit_timeout: float
+    spool_path: Optional[str]
+    sources: Mapping[str, str]
+    """For each setting: ``argument``, ``environment`` or ``default``."""
+
+    @classmethod
+    def resolve(cls, arguments: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None) -> ManagerSettings:
+        """Resolve every setting: argument (not None) over environment variable over default.
+
+        Raises :class:`SettingError` naming the setting (and variable) on a bad value or
+        an unknown argument name.
+        """
+        env = os.environ if environ is None else environ
+        unknown = set(arguments) - set(SETTINGS_BY_NAME)
+        if unknown:
+            raise SettingError(f"unknown ODP event manager setting(s): {', '.join(sorted(unknown))}")
+        values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
+        for setting in SETTINGS:
+            raw = arguments.get(setting.name)
+            if raw is not None:
+                values[setting.name] = _check(setting, raw, f"argument {setting.name}")
+                sources[setting.name] = "argument"
+            elif setting.env_var in env:
+                where = f"environment variable {setting.env_var}"
+                try:
+                    parsed = setting.parse(env[setting.env_var])
+                except ValueError as error:
+                    raise SettingError(f"{where}={env[setting.env_var]!r} is not valid: {error}") from None
+                values[setting.name] = _check(setting, parsed, where)
+                sources[setting.name] = "environment"
+            else:
+                values[setting.name] = setting.default
+                sources[setting.name] = "default"
+        return cls(**values, sources=sources)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sources"}
+
+
+def _check(setting: Setting, value: Any, where: str) -> Any:
+    if value is None and setting.optional:
+        return None
+    expected = type(setting.default) if setting.default is not None else str
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, expected) or isinstance(value, bool):
+        raise SettingError(f"{where} must be {expected.__name__}, not {type(value).__name__}: {value!r}")
+    if setting.minimum is not None and value < setting.minimum:
+        raise SettingError(f"{where} must be at least {setting.minimum}, not {value!r}")
+    if setting.maximum is not None and value > setting.maximum:
+        raise SettingError(f"{where} must be at most {setting.maximum}, not {value!r}")
+    return value
+
+
+def odp_disabled_by_environment(environ: Optional[Mapping[str, str]] = None) -> bool:
+    """True when ``OPTIMIZELY_ODP_DISABLED`` is 1/true/yes/on (any case)."""
+    env = os.environ if environ is None else environ
+    return env.get(ENV_PREFIX + "DISABLED", "").strip().lower() in TRUE_WORDS

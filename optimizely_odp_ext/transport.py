@@ -1,0 +1,102 @@
+"""One batch → one ``POST {host}/v3/events`` over a pooled session → a typed outcome.
+
+Every ``requests`` error is translated here, at one boundary; nothing above this
+module sees an exception from the HTTP stack.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Optional
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from optimizely_odp_ext.integration import OdpIntegration
+
+RETRYABLE_STATUSES = frozenset({408, 429})
+SPLITTABLE_STATUSES = frozenset({400, 413, 422})
+UNAUTHORIZED_STATUSES = frozenset({401, 403})
+
+
+class OutcomeKind(Enum):
+    DELIVERED = "delivered"
+    RETRY = "retry"
+    """Network error, timeout, 408, 429 or 5xx: send again later."""
+    REJECTED = "rejected"
+    """400/413/422: something in the batch is refused; split it to find what."""
+    UNAUTHORIZED = "unauthorized"
+    """401/403: the API key is refused; wait for a new one."""
+    FAILED = "failed"
+    """Any other answer, or a request that cannot be made at all (bad URL): give up."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: OutcomeKind
+    status: int = 0
+    """The HTTP status, 0 when there was no answer."""
+    detail: str = ""
+    retry_after: Optional[float] = None
+    """Seconds the server asked us to wait (``Retry-After``), if it did."""
+
+
+class Transport:
+    """Sends batches over one keep-alive ``requests.Session``. Thread-safe: up to
+    ``pool_size`` requests share the pool's connections at once. ``send`` blocks for
+    at most about ``timeout`` seconds per phase (connect, read)."""
+
+    def __init__(self, timeout: float = 10.0, pool_size: int = 4) -> None:
+        self.timeout = timeout
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
+
+    def send(self, integration: OdpIntegration, body: bytes) -> Outcome:
+        headers = {"content-type": "application/json", "x-api-key": integration.api_key}
+        try:
+            response = self.session.post(integration.events_url, data=body, headers=headers,
+                                         timeout=self.timeout)
+            text = response.text  # read it all, so the connection goes back to the pool
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as error:
+            return Outcome(OutcomeKind.RETRY, detail=f"network error: {type(error).__name__}")
+        except requests.RequestException as error:
+            return Outcome(OutcomeKind.FAILED, detail=f"request failed: {type(error).__name__}: {error}")
+        return classify(response.status_code, text, response.headers.get("retry-after"))
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def classify(status: int, text: str = "", retry_after: Optional[str] = None) -> Outcome:
+    """The outcome of an HTTP answer."""
+    detail = f"HTTP {status}" + (f": {text[:200]}" if text and status >= 300 else "")
+    if 200 <= status < 300:
+        return Outcome(OutcomeKind.DELIVERED, status)
+    if status in RETRYABLE_STATUSES or status >= 500:
+        return Outcome(OutcomeKind.RETRY, status, detail, parse_retry_after(retry_after))
+    if status in SPLITTABLE_STATUSES:
+        return Outcome(OutcomeKind.REJECTED, status, detail)
+    if status in UNAUTHORIZED_STATUSES:
+        return Outcome(OutcomeKind.UNAUTHORIZED, status, detail, parse_retry_after(retry_after))
+    return Outcome(OutcomeKind.FAILED, status, detail)
+
+
+def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
