@@ -6,7 +6,7 @@ import inspect
 import threading
 import time
 from collections import deque
-from typing import Any, Optional
+from typing import Any
 
 from optimizely import logger as sdk_logging
 from optimizely.helpers import enums
@@ -28,7 +28,7 @@ HELD_CAPACITY = 10_000
 _BASE_PARAMETERS = inspect.signature(Optimizely.__init__)
 
 
-class OdpOptimizely(Optimizely):  # type: ignore[misc]
+class OdpOptimizely(Optimizely):
     """``optimizely.optimizely.Optimizely`` with ODP events that are delivered.
 
     Takes every argument of the installed SDK's ``Optimizely`` unchanged, plus:
@@ -43,18 +43,19 @@ class OdpOptimizely(Optimizely):  # type: ignore[misc]
     updates. ``send_odp_event`` is thread-safe and never blocks or raises.
     """
 
-    def __init__(self, *args: Any, odp_event_manager: Optional[EventManager] = None,
+    def __init__(self, *args: Any, odp_event_manager: EventManager | None = None,
                  odp_disabled: bool = False, **kwargs: Any) -> None:
         arguments = _BASE_PARAMETERS.bind(self, *args, **kwargs).arguments
         arguments.pop("self")
         self._odp_closed = False
+        self._datafile_may_come = True
         self._odp_lock = threading.Condition()
-        self._odp: tuple[IntegrationState, Optional[OdpIntegration]] = (IntegrationState.UNDETERMINED, None)
+        self._odp: tuple[IntegrationState, OdpIntegration | None] = (IntegrationState.UNDETERMINED, None)
         self._held: deque[OdpEvent] = deque()
         self._held_discarded = 0
         self.odp_enabled = not (odp_disabled or odp_disabled_by_environment()
                                 or compat.settings_disable_odp(arguments.get("settings")))
-        self.odp_event_manager: Optional[EventManager] = None
+        self.odp_event_manager: EventManager | None = None
         if self.odp_enabled:
             self.odp_event_manager = odp_event_manager or BatchEventManager()
         if arguments.get("notification_center") is None:
@@ -69,6 +70,7 @@ class OdpOptimizely(Optimizely):  # type: ignore[misc]
 
         if not self.is_valid:
             return
+        self._datafile_may_come = compat.can_receive_datafile(self.config_manager)
         if not self.odp_enabled:
             self.logger.info("ODP is disabled.")
             return
@@ -88,7 +90,7 @@ class OdpOptimizely(Optimizely):  # type: ignore[misc]
         return self._odp[0]
 
     @property
-    def odp_integration(self) -> Optional[OdpIntegration]:
+    def odp_integration(self) -> OdpIntegration | None:
         """The integration new events go to, or None."""
         return self._odp[1]
 
@@ -103,11 +105,15 @@ class OdpOptimizely(Optimizely):  # type: ignore[misc]
             self.logger.error(f"ODP integration could not be read from the datafile: {error}")
             return
         state = IntegrationState.INTEGRATED if integration else IntegrationState.NOT_INTEGRATED
+        manager = self.odp_event_manager
+        assert manager is not None
         with self._odp_lock:
             if self._odp == (state, integration):
                 return
             self._odp = (state, integration)
-            held = list(self._held)
+            manager.integration_changed(integration)
+            # Held events are handed over before flush() can see the held buffer empty.
+            self._release_held(list(self._held), integration)
             self._held.clear()
             self._odp_lock.notify_all()
         if integration is None:
@@ -117,11 +123,8 @@ class OdpOptimizely(Optimizely):  # type: ignore[misc]
             if integration.is_plain_http_remote:
                 self.logger.warning(f"ODP host {integration.host} is plain http:// and not on this machine: "
                                     "events and the API key travel unencrypted.")
-        assert self.odp_event_manager is not None
-        self.odp_event_manager.integration_changed(integration)
-        self._release_held(held, integration)
 
-    def _release_held(self, held: list[OdpEvent], integration: Optional[OdpIntegration]) -> None:
+    def _release_held(self, held: list[OdpEvent], integration: OdpIntegration | None) -> None:
         if not held:
             return
         if integration is None:
@@ -135,8 +138,10 @@ class OdpOptimizely(Optimizely):  # type: ignore[misc]
             self.odp_event_manager.send(event)
 
     # -- sending -------------------------------------------------------------------------------
-    def send_odp_event(self, action: str, identifiers: dict[str, str], type: str = DEFAULT_EVENT_TYPE,
-                       data: Optional[dict[str, Any]] = None) -> SendResult:
+    def send_odp_event(  # type: ignore[override]  # the base returns None; ours a truthy/falsy result
+        self, action: str, identifiers: dict[str, str], type: str = DEFAULT_EVENT_TYPE,
+        data: dict[str, Any] | None = None,
+    ) -> SendResult:
         """Send an event to ODP (same parameters as optimizely-sdk 5.x).
 
         Returns a result that is truthy when the event was accepted for delivery, and
@@ -168,6 +173,9 @@ class OdpOptimizely(Optimizely):  # type: ignore[misc]
             event.integration = integration
             return manager.send(event)
         if state is IntegrationState.UNDETERMINED:
+            if not self._datafile_may_come:
+                return self._discard(DiscardReason.SDK_NOT_READY,
+                                     enums.Errors.INVALID_PROJECT_CONFIG.format("send_odp_event"))
             with self._odp_lock:
                 if self._odp[0] is IntegrationState.UNDETERMINED:
                     if len(self._held) >= HELD_CAPACITY:
@@ -187,7 +195,7 @@ class OdpOptimizely(Optimizely):  # type: ignore[misc]
 
 
     # -- flush, close, stats -------------------------------------------------------------------
-    def flush(self, timeout: Optional[float] = None) -> bool:
+    def flush(self, timeout: float | None = None) -> bool:
         """Deliver every ODP event accepted so far. True when all of it was delivered or
         finally resolved within ``timeout`` seconds (None: wait as long as it takes,
         including for the datafile of an ``sdk_key`` client). Blocks; thread-safe."""
@@ -196,7 +204,7 @@ class OdpOptimizely(Optimizely):  # type: ignore[misc]
             return self.odp_event_manager is None
         return self.odp_event_manager.flush(_remaining(deadline))
 
-    def close(self, timeout: Optional[float] = None) -> None:
+    def close(self, timeout: float | None = None) -> None:
         """Deliver what was accepted (within ``timeout`` seconds, default the manager's
         ``close_timeout``), then stop ODP and everything the base client runs.
         Idempotent. Blocks; thread-safe."""
@@ -222,7 +230,7 @@ class OdpOptimizely(Optimizely):  # type: ignore[misc]
         stats["discarded_not_integrated"] = self._held_discarded
         return stats
 
-    def _wait_for_held(self, deadline: Optional[float]) -> bool:
+    def _wait_for_held(self, deadline: float | None) -> bool:
         with self._odp_lock:
             while self._held:
                 remaining = _remaining(deadline)
@@ -232,7 +240,7 @@ class OdpOptimizely(Optimizely):  # type: ignore[misc]
         return True
 
 
-def _remaining(deadline: Optional[float]) -> Optional[float]:
+def _remaining(deadline: float | None) -> float | None:
     return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Optional
+from typing import Any
 
 from optimizely import version as _sdk_version
 
@@ -31,7 +31,14 @@ def current_project_config(config_manager: Any) -> Any:
     return config_manager.get_config()
 
 
-def integration_of(project_config: Any) -> Optional[OdpIntegration]:
+def can_receive_datafile(config_manager: Any) -> bool:
+    """False for a static config manager: if it has no datafile now, it never will."""
+    from optimizely.config_manager import PollingConfigManager, StaticConfigManager
+
+    return isinstance(config_manager, PollingConfigManager) or not isinstance(config_manager, StaticConfigManager)
+
+
+def integration_of(project_config: Any) -> OdpIntegration | None:
     """The ODP integration a ProjectConfig declares, on either SDK line."""
     if hasattr(project_config, "host_for_odp"):  # 5.x parsed it already
         host, key = project_config.host_for_odp, project_config.public_key_for_odp

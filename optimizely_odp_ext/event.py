@@ -12,14 +12,14 @@ import json
 import math
 import time
 import uuid
-from typing import Any, Dict, Optional, Union
+from typing import Any, Union
 
 from optimizely_odp_ext.compat import SDK_VERSION
 from optimizely_odp_ext.integration import OdpIntegration
 from optimizely_odp_ext.result import DiscardReason
 
 Scalar = Union[str, int, float, bool, None]
-OdpData = Dict[str, Scalar]
+OdpData = dict[str, Scalar]
 
 DEFAULT_EVENT_TYPE = "fullstack"
 USER_ID_KEY = "fs_user_id"
@@ -51,9 +51,9 @@ class OdpEvent:
         type: str,
         action: str,
         identifiers: dict[str, str],
-        data: Optional[OdpData] = None,
-        integration: Optional[OdpIntegration] = None,
-        accepted_at: Optional[float] = None,
+        data: OdpData | None = None,
+        integration: OdpIntegration | None = None,
+        accepted_at: float | None = None,
     ) -> None:
         self.type = type
         self.action = action
@@ -61,7 +61,7 @@ class OdpEvent:
         self.data = data
         self.integration = integration
         self.accepted_at = time.monotonic() if accepted_at is None else accepted_at
-        self._json: Optional[bytes] = None
+        self._json: bytes | None = None
 
     def wire_data(self) -> OdpData:
         """The ``data`` object as sent: the default data, then the caller's on top."""
@@ -121,7 +121,7 @@ def _copy_identifiers(identifiers: object) -> dict[str, str]:
             "in identifiers.",
         )
     copy: dict[str, str] = {}
-    user_id_alias: Optional[str] = None
+    user_id_alias: str | None = None
     for key, value in identifiers.items():
         if not isinstance(key, str) or not key:
             problem = "an empty key" if key == "" else f"a key that is not a string ({_kind(key)})"
@@ -140,7 +140,7 @@ def _copy_identifiers(identifiers: object) -> dict[str, str]:
     return copy
 
 
-def _copy_data(data: object) -> Optional[OdpData]:
+def _copy_data(data: object) -> OdpData | None:
     if data is None:
         return None
     if not isinstance(data, dict):

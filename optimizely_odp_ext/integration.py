@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Optional
+from typing import Any
 
 LOOPBACK_HOSTS = ("127.", "localhost", "[::1]")
 
@@ -45,7 +45,7 @@ class OdpIntegration:
         return f"OdpIntegration(host={self.host!r}, api_key={mask_key(self.api_key)!r})"
 
 
-def mask_key(key: Optional[str]) -> str:
+def mask_key(key: str | None) -> str:
     """The API key as it may appear in logs and errors: never in full."""
     if not key:
         return "<none>"
@@ -54,7 +54,7 @@ def mask_key(key: Optional[str]) -> str:
     return key[:4] + "..." + key[-2:]
 
 
-def integration_from_datafile(datafile: dict[str, Any]) -> Optional[OdpIntegration]:
+def integration_from_datafile(datafile: dict[str, Any]) -> OdpIntegration | None:
     """The ODP integration of a parsed datafile, or None when it declares none.
 
     As in optimizely-sdk 5.x, the first entry of ``integrations`` whose ``key`` is
@@ -69,7 +69,7 @@ def integration_from_datafile(datafile: dict[str, Any]) -> Optional[OdpIntegrati
     return None
 
 
-def integration_from_json(datafile_json: str | bytes) -> Optional[OdpIntegration]:
+def integration_from_json(datafile_json: str | bytes) -> OdpIntegration | None:
     """Like :func:`integration_from_datafile`, from the datafile's JSON text."""
     parsed = json.loads(datafile_json)
     return integration_from_datafile(parsed) if isinstance(parsed, dict) else None

@@ -31,7 +31,7 @@ ODP_NOTIFICATION_TYPES = (ODP_BATCH_DELIVERED, ODP_BATCH_FAILED, ODP_EVENTS_DROP
 Note = tuple[str, tuple[Any, ...]]
 
 
-class OdpNotificationCenter(NotificationCenter):  # type: ignore[misc]
+class OdpNotificationCenter(NotificationCenter):
     """A ``NotificationCenter`` that also accepts listeners for the ODP notification types."""
 
     def __init__(self, logger: Any = None) -> None:

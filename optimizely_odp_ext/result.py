@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Optional
 
 
 class DiscardReason(str, Enum):
@@ -43,7 +42,7 @@ class SendResult:
     """
 
     accepted: bool
-    reason: Optional[DiscardReason] = None
+    reason: DiscardReason | None = None
     message: str = ""
 
     def __bool__(self) -> bool:

@@ -16,16 +16,18 @@
 from __future__ import annotations
 
 import random
-from typing import Optional
+
+_random = random.Random()
 
 MAX_RETRY_AFTER = 600.0
 """The longest ``Retry-After`` honoured, in seconds."""
 
 
-def backoff_delay(failures: int, initial: float, maximum: float, retry_after: Optional[float] = None,
-                  rng: Optional[random.Random] = None) -> float:
+def backoff_delay(failures: int, initial: float, maximum: float, retry_after: float | None = None,
+                  rng: random.Random | None = None) -> float:
     """Seconds to wait after the ``failures``-th consecutive failure (1-based)."""
     if retry_after is not None:
         return min(max(retry_after, 0.0), MAX_RETRY_AFTER)
-    ceiling = min(maximum, initial * (2 ** min(failures - 1, 32)))
-    return ceiling * (0.5 + 0.5 * (rng or random).random())
+    ceiling = min(maximum, initial * 2.0 ** min(failures - 1, 32))
+    jitter: float = (rng or _random).random()
+    return ceiling * (0.5 + 0.5 * jitter)

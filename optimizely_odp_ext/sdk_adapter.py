@@ -10,7 +10,7 @@ client. It implements all six methods the SDK calls in one place or another:
 from __future__ import annotations
 
 import weakref
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from optimizely_odp_ext.client import OdpOptimizely
@@ -46,7 +46,7 @@ class SdkEventManagerAdapter:
             client.flush(timeout=0)
 
     def send_event(self, type: str, action: str, identifiers: dict[str, str],
-                   data: Optional[dict[str, Any]]) -> None:
+                   data: dict[str, Any] | None) -> None:
         client = self._client()
         if client is not None:
             client.send_odp_event(action, identifiers, type, data)

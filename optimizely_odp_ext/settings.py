@@ -7,8 +7,9 @@ Each value is validated with an error naming the setting.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable
 
 ENV_PREFIX = "OPTIMIZELY_ODP_"
 TRUE_WORDS = ("1", "true", "yes", "on")
@@ -27,8 +28,8 @@ class Setting:
     parse: Callable[[str], Any]
     default: Any
     help: str
-    minimum: Optional[float] = None
-    maximum: Optional[float] = None
+    minimum: float | None = None
+    maximum: float | None = None
     optional: bool = False
 
     @property
@@ -45,7 +46,7 @@ def parse_bool(text: str) -> bool:
     raise ValueError(f"expected one of {', '.join(TRUE_WORDS + FALSE_WORDS[:-1])}")
 
 
-def _path(text: str) -> Optional[str]:
+def _path(text: str) -> str | None:
     return text or None
 
 
@@ -92,12 +93,12 @@ class ManagerSettings:
     max_event_age: float
     close_timeout: float
     exit_timeout: float
-    spool_path: Optional[str]
+    spool_path: str | None
     sources: Mapping[str, str]
     """For each setting: ``argument``, ``environment`` or ``default``."""
 
     @classmethod
-    def resolve(cls, arguments: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None) -> ManagerSettings:
+    def resolve(cls, arguments: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> ManagerSettings:
         """Resolve every setting: argument (not None) over environment variable over default.
 
         Raises :class:`SettingError` naming the setting (and variable) on a bad value or
@@ -139,6 +140,8 @@ def _check(setting: Setting, value: Any, where: str) -> Any:
         value = float(value)
     if not isinstance(value, expected) or isinstance(value, bool):
         raise SettingError(f"{where} must be {expected.__name__}, not {type(value).__name__}: {value!r}")
+    if isinstance(value, str):
+        return value
     if setting.minimum is not None and value < setting.minimum:
         raise SettingError(f"{where} must be at least {setting.minimum}, not {value!r}")
     if setting.maximum is not None and value > setting.maximum:
@@ -146,7 +149,7 @@ def _check(setting: Setting, value: Any, where: str) -> Any:
     return value
 
 
-def odp_disabled_by_environment(environ: Optional[Mapping[str, str]] = None) -> bool:
+def odp_disabled_by_environment(environ: Mapping[str, str] | None = None) -> bool:
     """True when ``OPTIMIZELY_ODP_DISABLED`` is 1/true/yes/on (any case)."""
     env = os.environ if environ is None else environ
     return env.get(ENV_PREFIX + "DISABLED", "").strip().lower() in TRUE_WORDS

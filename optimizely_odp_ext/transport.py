@@ -10,7 +10,6 @@ import email.utils
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Optional
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -40,7 +39,7 @@ class Outcome:
     status: int = 0
     """The HTTP status, 0 when there was no answer."""
     detail: str = ""
-    retry_after: Optional[float] = None
+    retry_after: float | None = None
     """Seconds the server asked us to wait (``Retry-After``), if it did."""
 
 
@@ -72,7 +71,7 @@ class Transport:
         self.session.close()
 
 
-def classify(status: int, text: str = "", retry_after: Optional[str] = None) -> Outcome:
+def classify(status: int, text: str = "", retry_after: str | None = None) -> Outcome:
     """The outcome of an HTTP answer."""
     detail = f"HTTP {status}" + (f": {text[:200]}" if text and status >= 300 else "")
     if 200 <= status < 300:
@@ -86,7 +85,7 @@ def classify(status: int, text: str = "", retry_after: Optional[str] = None) -> 
     return Outcome(OutcomeKind.FAILED, status, detail)
 
 
-def parse_retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date."""
     if not value:
         return None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Optional
+from typing import Any
 
 from optimizely_odp_ext.event import OdpEvent
 from optimizely_odp_ext.integration import OdpIntegration
@@ -25,7 +25,7 @@ class EventManager(ABC):
     logger: Any = None
     notification_center: Any = None
 
-    def start(self, *, logger: Any, notification_center: Any, integration: Optional[OdpIntegration]) -> None:
+    def start(self, *, logger: Any, notification_center: Any, integration: OdpIntegration | None) -> None:
         """Called once by the client with the SDK's logger and notification center and the
         integration known at that time (None while undetermined or not integrated).
         Must not block.
@@ -40,16 +40,16 @@ class EventManager(ABC):
         or a discarded result with its reason.
         """
 
-    def integration_changed(self, integration: Optional[OdpIntegration]) -> None:  # noqa: B027
+    def integration_changed(self, integration: OdpIntegration | None) -> None:  # noqa: B027
         """A new datafile changed the integration (None: no longer integrated). Must not block.
         Events already accepted keep their own integration."""
 
-    def flush(self, timeout: Optional[float] = None) -> bool:
+    def flush(self, timeout: float | None = None) -> bool:
         """Deliver everything accepted so far; True when it all was delivered or finally
         resolved within ``timeout`` seconds (None: no limit). Blocks; thread-safe."""
         return True
 
-    def close(self, timeout: Optional[float] = None) -> bool:
+    def close(self, timeout: float | None = None) -> bool:
         """Deliver what was accepted (within ``timeout``) and stop; idempotent. True when
         nothing accepted was left undelivered. Blocks; thread-safe."""
         return self.flush(timeout)

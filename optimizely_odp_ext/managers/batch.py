@@ -12,13 +12,14 @@ and logged.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import queue
 import threading
 import time
 import weakref
 from collections import Counter, deque
-from typing import Any, Optional
+from typing import Any
 
 from optimizely_odp_ext import notifications
 from optimizely_odp_ext.event import OdpEvent
@@ -73,7 +74,7 @@ class BatchEventManager(EventManager):
         self._flush_requests = 0
         self._destinations: dict[OdpIntegration, Destination] = {}
         self._in_flight: dict[int, Batch] = {}
-        self._work: queue.SimpleQueue[Optional[Batch]] = queue.SimpleQueue()
+        self._work: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._transport = Transport(s.request_timeout, s.max_in_flight)
         self._next_seq = 0
@@ -88,7 +89,7 @@ class BatchEventManager(EventManager):
         self._dropped_on_send: Counter[str] = Counter()
 
     # -- the caller's side -------------------------------------------------------------------
-    def start(self, *, logger: Any, notification_center: Any, integration: Optional[OdpIntegration]) -> None:
+    def start(self, *, logger: Any, notification_center: Any, integration: OdpIntegration | None) -> None:
         self.logger = logger
         self.notification_center = notification_center
 
@@ -119,7 +120,7 @@ class BatchEventManager(EventManager):
         self.logger.warning(message)
         return SendResult.discarded(reason, message)
 
-    def flush(self, timeout: Optional[float] = None) -> bool:
+    def flush(self, timeout: float | None = None) -> bool:
         """Send everything accepted so far now, and wait until it was delivered or finally
         resolved. Returns False if ``timeout`` (seconds) ran out first. Blocks; thread-safe."""
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -143,7 +144,7 @@ class BatchEventManager(EventManager):
             with self._lock:
                 self._flush_requests -= 1
 
-    def close(self, timeout: Optional[float] = None) -> bool:
+    def close(self, timeout: float | None = None) -> bool:
         """Stop accepting events, deliver what was accepted within ``timeout`` (default: the
         ``close_timeout`` setting), then stop the threads. What is left is counted as
         dropped (reason ``shutdown``) and logged. Idempotent. Blocks; thread-safe."""
@@ -189,7 +190,7 @@ class BatchEventManager(EventManager):
                 "requests": self._counts["requests"],
             }
 
-    def integration_changed(self, integration: Optional[OdpIntegration]) -> None:
+    def integration_changed(self, integration: OdpIntegration | None) -> None:
         """Events held back by a refused key move to the new key of the same host."""
         if integration is None:
             return
@@ -236,7 +237,7 @@ class BatchEventManager(EventManager):
             self._wake.wait(wait)
             self._wake.clear()
 
-    def _dispatch_once(self) -> Optional[float]:
+    def _dispatch_once(self) -> float | None:
         """Encode new events, send due batches; return seconds until there is more to do."""
         s = self.settings
         while self._incoming:
@@ -252,7 +253,7 @@ class BatchEventManager(EventManager):
         self._fire(notes)
         with self._lock:
             flushing = self._flush_requests > 0 or self._closed
-            next_due: Optional[float] = None
+            next_due: float | None = None
             for dest in list(self._destinations.values()):
                 while len(self._in_flight) < s.max_in_flight and dest.can_send(now):
                     batch = dest.next_batch(now, s.flush_interval, s.batch_size, s.max_batch_bytes, flushing)
@@ -387,7 +388,7 @@ class BatchEventManager(EventManager):
                 )
                 self._resolve_dropped(expired, DiscardReason.EXPIRED)
 
-    def _oldest_unresolved(self) -> Optional[int]:
+    def _oldest_unresolved(self) -> int | None:
         seqs = [batch.min_seq for batch in self._in_flight.values()]
         seqs += [s for s in (d.min_seq() for d in self._destinations.values()) if s is not None]
         if self._incoming:
@@ -424,10 +425,8 @@ _live_managers: weakref.WeakSet[BatchEventManager] = weakref.WeakSet()
 
 def _close_all_at_exit() -> None:
     for manager in list(_live_managers):
-        try:
+        with contextlib.suppress(Exception):  # never let exit fail because of us
             manager._at_exit()
-        except Exception:  # never let exit fail because of us
-            pass
 
 
 def _reset_all_after_fork() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from dataclasses import dataclass, field
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 from optimizely_odp_ext.integration import OdpIntegration
 
@@ -80,7 +80,7 @@ class Destination:
         return now >= self.not_before and (self.failures == 0 or self.in_flight == 0)
 
     def next_batch(self, now: float, flush_interval: float, batch_size: int, max_bytes: int,
-                   flushing: bool) -> Optional[Batch]:
+                   flushing: bool) -> Batch | None:
         """The batch to send now, if one is due: a ready batch first, then new events when a
         full batch has gathered, the oldest has waited ``flush_interval``, or a flush is on."""
         if self.ready_batches:
@@ -102,7 +102,7 @@ class Destination:
             self.pending_bytes -= len(item.body)
         return Batch(self.integration, items)
 
-    def due_at(self, flush_interval: float) -> Optional[float]:
+    def due_at(self, flush_interval: float) -> float | None:
         """When this destination next has a batch due (None: nothing waiting)."""
         if self.ready_batches:
             return self.not_before
@@ -110,7 +110,7 @@ class Destination:
             return max(self.not_before, self.pending[0].accepted_at + flush_interval)
         return None
 
-    def min_seq(self) -> Optional[int]:
+    def min_seq(self) -> int | None:
         seqs = [b.min_seq for b in self.ready_batches]
         if self.pending:
             seqs.append(self.pending[0].seq)
