@@ -226,8 +226,12 @@ class SqliteSpool:
             return int(conn.execute("SELECT COUNT(*) FROM events").fetchone()[0])
 
     def stats(self) -> dict[str, Any]:
-        """``path, events, bytes`` (of bodies), ``oldest/newest_accepted_at`` (None if empty) and
-        ``file_bytes`` (database plus WAL). Thread-safe; blocks (scans the table)."""
+        """Summary of the spool. Thread-safe; blocks (scans the table).
+
+        Returns:
+            ``path``, ``events``, ``bytes`` (sum of bodies), ``oldest_accepted_at`` and
+            ``newest_accepted_at`` (None when empty), ``file_bytes`` (database plus WAL).
+        """
         with self._connection() as conn:
             return _stats(conn, self.path)
 
@@ -289,7 +293,9 @@ class SqliteSpool:
     def inspect(path: str | os.PathLike[str]) -> dict[str, Any]:
         """:meth:`stats` of a spool file, read-only and without taking the process lock.
 
-        Safe beside a live process using the spool. Blocks (scans the table); thread-safe.
+        Safe beside a live process using the spool (for ``spool stats``). Like any SQLite
+        reader of a WAL database it may leave ``-wal``/``-shm`` files beside a closed spool
+        (same mode as the database). Blocks (scans the table); thread-safe.
 
         Raises:
             SpoolError: the file is missing, unreadable, or not a spool.

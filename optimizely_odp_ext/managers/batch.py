@@ -19,7 +19,7 @@ import threading
 import time
 import weakref
 from collections import Counter, deque
-from typing import Any
+from typing import Any, NamedTuple
 
 from optimizely_odp_ext import notifications
 from optimizely_odp_ext.event import OdpEvent
@@ -29,11 +29,17 @@ from optimizely_odp_ext.managers.batching import Batch, Destination, Item
 from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
 from optimizely_odp_ext.retry import backoff_delay
 from optimizely_odp_ext.settings import ManagerSettings
+from optimizely_odp_ext.spool import SpoolError, SqliteSpool
 from optimizely_odp_ext.transport import Outcome, OutcomeKind, Transport
 
 ENCODE_CHUNK = 2000
 """Events encoded per hold of the lock, so outcomes are never kept waiting long."""
 _EXPIRY_CHECK_INTERVAL = 1.0
+
+
+class _Followups(NamedTuple):
+    notes: list[notifications.Note]
+    spool_deletions: list[int]
 
 
 class _NoOpLogger:
@@ -57,13 +63,22 @@ class BatchEventManager(EventManager):
         self.logger: Any = _NoOpLogger()
         self.notification_center: Any = None
         self._closed = False
+        self._spool: SqliteSpool | None = None
+        self._spool_error = ""
+        self._spool_lost_in_fork = False
+        if self.settings.spool_path:
+            try:
+                self._spool = SqliteSpool(self.settings.spool_path)
+            except SpoolError as error:
+                self._spool_error = f"ODP spool disabled, events are kept in memory only: {error}"
         self._init_runtime_state()
         _live_managers.add(self)
 
     # -- state that a forked child rebuilds -------------------------------------------------
     def _init_runtime_state(self) -> None:
         s = self.settings
-        self._incoming: deque[OdpEvent] = deque()
+        self._incoming: deque[tuple[OdpEvent, int]] = deque()
+        """(event, spool row id) pairs appended by callers; drained by the dispatcher."""
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         """Notified whenever events are resolved (delivered or dropped)."""
@@ -80,8 +95,12 @@ class BatchEventManager(EventManager):
         self._next_seq = 0
         self._buffered_events = 0
         self._buffered_bytes = 0
+        self._event_bytes_estimate = 300
+        """Average encoded size so far: what an event not yet encoded counts against max_queue_bytes."""
         self._in_flight_events = 0
         self._last_expiry_check = 0.0
+        self._spool_deletions: list[int] = []
+        """Spool rows resolved under the lock, deleted after it is released."""
         self._notes: list[notifications.Note] = []
         """Notifications collected under the lock, fired after it is released."""
         self._counts: Counter[str] = Counter()
@@ -90,8 +109,35 @@ class BatchEventManager(EventManager):
 
     # -- the caller's side -------------------------------------------------------------------
     def start(self, *, logger: Any, notification_center: Any, integration: OdpIntegration | None) -> None:
+        """Take the SDK's logger and notification center; deliver what a previous run left
+        in the spool. Non-blocking apart from reading the spool."""
         self.logger = logger
         self.notification_center = notification_center
+        if self._spool_error:
+            self.logger.error(self._spool_error)
+        self._recover_spooled_events()
+
+    def _recover_spooled_events(self) -> None:
+        if self._spool is None:
+            return
+        try:
+            spooled = list(self._spool.iter_all())
+        except SpoolError as error:
+            self.logger.error(f"ODP spool could not be read, its events stay in it: {error}")
+            return
+        if not spooled:
+            return
+        now_wall, now = time.time(), time.monotonic()
+        with self._lock:
+            for row in spooled:
+                item = Item(self._next_seq, row.body, now - max(0.0, now_wall - row.accepted_at), row.rowid)
+                self._next_seq += 1
+                self._destination(OdpIntegration(row.host, row.api_key)).add(item)
+                self._buffered_events += 1
+                self._buffered_bytes += len(row.body)
+        self.logger.info(f"ODP: {len(spooled)} events from the spool of a previous run will be delivered.")
+        self._start_threads()
+        self._wake.set()
 
     def send(self, event: OdpEvent) -> SendResult:
         """Queue one event. Non-blocking, thread-safe, never raises."""
@@ -99,8 +145,9 @@ class BatchEventManager(EventManager):
             return self._refuse(DiscardReason.CLOSED, "ODP event manager is closed; event discarded.")
         incoming = self._incoming
         s = self.settings
-        if (len(incoming) + self._buffered_events >= s.max_queue_events
-                or self._buffered_bytes >= s.max_queue_bytes):
+        waiting = len(incoming)
+        if (waiting + self._buffered_events >= s.max_queue_events
+                or self._buffered_bytes + waiting * self._event_bytes_estimate >= s.max_queue_bytes):
             return self._refuse(
                 DiscardReason.QUEUE_FULL,
                 f"ODP event queue is full ({s.max_queue_events} events / {s.max_queue_bytes} bytes); "
@@ -108,11 +155,23 @@ class BatchEventManager(EventManager):
             )
         if not self._started:
             self._start_threads()
-        incoming.append(event)
+        spool_id = self._store(event) if self._spool is not None else 0
+        incoming.append((event, spool_id))
         if self._idle or len(incoming) >= s.batch_size:
             self._idle = False
             self._wake.set()
         return ACCEPTED
+
+    def _store(self, event: OdpEvent) -> int:
+        """Write the event to the spool before ``send`` returns; 0 if that failed (it is
+        then kept in memory only, and the failure logged)."""
+        assert self._spool is not None and event.integration is not None
+        try:
+            return self._spool.append(event.integration.host, event.integration.api_key, event.to_json(),
+                                      time.time())
+        except (SpoolError, ValueError, TypeError) as error:
+            self.logger.error(f"ODP event could not be written to the spool, kept in memory only: {error}")
+            return 0
 
     def _refuse(self, reason: DiscardReason, message: str) -> SendResult:
         with self._lock:
@@ -157,19 +216,22 @@ class BatchEventManager(EventManager):
             self._stopping = True
             left = [item for dest in self._destinations.values() for item in dest.take_all()]
             left_in_flight = self._in_flight_events
-            if left:
-                self._resolve_dropped(left, DiscardReason.SHUTDOWN)
-            notes = self._take_notes()
-        self._fire(notes)
+            spooled = sum(1 for item in left if item.spool_id)
+            self._resolve_dropped([item for item in left if not item.spool_id], DiscardReason.SHUTDOWN)
+            followups = self._take_followups()
+        self._run_followups(followups)
         self._wake.set()
         for _ in self._threads:
             self._work.put(None)
         if left or left_in_flight:
+            where = f"; {spooled} of them stay in the spool for the next start" if spooled else ""
             self.logger.error(
                 f"ODP event manager closed with {len(left) + left_in_flight} events undelivered "
-                f"(timeout {limit}s)."
+                f"(timeout {limit}s){where}."
             )
         self._transport.close()
+        if self._spool is not None:
+            self._spool.close()
         _live_managers.discard(self)
         return delivered_all and not left and not left_in_flight
 
@@ -214,6 +276,9 @@ class BatchEventManager(EventManager):
             if self._started:
                 return
             self._started = True
+            if self._spool_lost_in_fork:
+                self.logger.warning("ODP spool belongs to the parent process; this forked process keeps "
+                                    "its events in memory only.")
             self._threads = [threading.Thread(target=self._run_dispatcher, name="odp-dispatcher", daemon=True)]
             self._threads += [
                 threading.Thread(target=self._run_sender, name=f"odp-sender-{i}", daemon=True)
@@ -247,10 +312,8 @@ class BatchEventManager(EventManager):
         with self._lock:
             if now - self._last_expiry_check >= _EXPIRY_CHECK_INTERVAL:
                 self._expire(now)
-                notes = self._take_notes()
-            else:
-                notes = []
-        self._fire(notes)
+            followups = self._take_followups()
+        self._run_followups(followups)
         with self._lock:
             flushing = self._flush_requests > 0 or self._closed
             next_due: float | None = None
@@ -278,7 +341,7 @@ class BatchEventManager(EventManager):
         """Move up to ENCODE_CHUNK events from the caller's deque into their destinations."""
         incoming = self._incoming
         for _ in range(min(ENCODE_CHUNK, len(incoming))):
-            event = incoming.popleft()
+            event, spool_id = incoming.popleft()
             seq = self._next_seq
             self._next_seq = seq + 1
             integration = event.integration
@@ -291,9 +354,10 @@ class BatchEventManager(EventManager):
             if integration is None:
                 self._dropped[DiscardReason.ODP_NOT_INTEGRATED.value] += 1
                 continue
-            self._destination(integration).add(Item(seq, body, event.accepted_at))
+            self._destination(integration).add(Item(seq, body, event.accepted_at, spool_id))
             self._buffered_events += 1
             self._buffered_bytes += len(body)
+            self._event_bytes_estimate += (len(body) - self._event_bytes_estimate) // 64
 
     def _destination(self, integration: OdpIntegration) -> Destination:
         dest = self._destinations.get(integration)
@@ -313,9 +377,9 @@ class BatchEventManager(EventManager):
                 outcome = Outcome(OutcomeKind.RETRY, detail=f"unexpected error: {type(error).__name__}")
             with self._lock:
                 self._complete(batch, outcome)
-                notes = self._take_notes()
+                followups = self._take_followups()
             self._wake.set()
-            self._fire(notes)
+            self._run_followups(followups)
 
     # -- outcomes (called with the lock held) -------------------------------------------------
     def _complete(self, batch: Batch, outcome: Outcome) -> None:
@@ -365,6 +429,9 @@ class BatchEventManager(EventManager):
                      outcome.status, delay)
 
     def _release(self, items: list[Item]) -> None:
+        """Items are resolved for good (delivered or dropped): forget them, here and in the spool."""
+        if self._spool is not None:
+            self._spool_deletions.extend(item.spool_id for item in items if item.spool_id)
         self._buffered_events -= len(items)
         self._buffered_bytes -= sum(len(item.body) for item in items)
 
@@ -403,16 +470,29 @@ class BatchEventManager(EventManager):
         if self.notification_center is not None:
             self._notes.append((kind, args))
 
-    def _take_notes(self) -> list[notifications.Note]:
-        notes, self._notes = self._notes, []
-        return notes
+    def _take_followups(self) -> _Followups:
+        """What was decided under the lock and must be done once it is released."""
+        followups = _Followups(self._notes, self._spool_deletions)
+        self._notes, self._spool_deletions = [], []
+        return followups
 
-    def _fire(self, notes: list[notifications.Note]) -> None:
-        notifications.fire(self.notification_center, notes)
+    def _run_followups(self, followups: _Followups) -> None:
+        """Without the lock: delete resolved spool rows, then notify listeners."""
+        if followups.spool_deletions and self._spool is not None:
+            try:
+                self._spool.delete(followups.spool_deletions)
+            except SpoolError as error:
+                if not self._closed:
+                    self.logger.error(f"ODP spool rows could not be deleted (they may be sent again): {error}")
+        notifications.fire(self.notification_center, followups.notes)
 
     # -- fork and exit -------------------------------------------------------------------------
     def _after_fork_in_child(self) -> None:
-        """The parent keeps delivering what it queued; the child starts afresh."""
+        """The parent keeps delivering what it queued; the child starts afresh, in memory:
+        a spool file belongs to the process that opened it."""
+        if self._spool is not None:
+            self._spool = None
+            self._spool_lost_in_fork = True
         self._init_runtime_state()
 
     def _at_exit(self) -> None:

@@ -22,6 +22,9 @@ class Item(NamedTuple):
     """Order of acceptance (assigned by the sender), for flush()."""
     body: bytes
     accepted_at: float
+    """``time.monotonic()`` when accepted."""
+    spool_id: int = 0
+    """Its row in the durable spool, 0 when the manager keeps events in memory only."""
 
 
 _batch_ids = itertools.count(1)
