@@ -41,16 +41,16 @@ import time
 import traceback
 from collections import deque
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
-from typing import IO, TYPE_CHECKING, Any, Callable, NoReturn, Optional
+from typing import IO, TYPE_CHECKING, Any, Callable, NoReturn
 
 from optimizely.config_manager import PollingConfigManager
 from optimizely.helpers import enums
 
 from optimizely_odp_ext import __version__, compat
 from optimizely_odp_ext.client import OdpOptimizely
-from optimizely_odp_ext.event import DEFAULT_EVENT_TYPE, InvalidEventError, OdpData, Scalar, build_event
+from optimizely_odp_ext.event import DEFAULT_EVENT_TYPE, InvalidEventError, Scalar, build_event
 from optimizely_odp_ext.integration import IntegrationState, OdpIntegration, mask_key
 from optimizely_odp_ext.managers.batch import BatchEventManager
 from optimizely_odp_ext.notifications import (
@@ -98,7 +98,7 @@ class CliError(Exception):
 # ---------------------------------------------------------------------------- entry point
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``) and return the exit code.
 
     Blocks until the command is done. Never raises (``--help`` and ``--version`` return 0).
@@ -312,7 +312,7 @@ def _not_json(name: str) -> NoReturn:
     raise ValueError(name)
 
 
-def _event_data(args: argparse.Namespace) -> Optional[dict[str, Any]]:
+def _event_data(args: argparse.Namespace) -> dict[str, Any] | None:
     data: dict[str, Any] = {}
     if args.data_json is not None:
         try:
@@ -441,7 +441,7 @@ class _Session:
         self.client.close(timeout=0)
 
 
-def _source(args: argparse.Namespace) -> tuple[str, Optional[str]]:
+def _source(args: argparse.Namespace) -> tuple[str, str | None]:
     """A label for the datafile's source, and the datafile's JSON when it is a file."""
     if args.datafile is not None:
         if args.sdk_key is not None or args.datafile_url is not None:
@@ -516,7 +516,7 @@ class _Delivery:
 
 
 def _deliver_with_client(session: _Session, action: str, identifiers: dict[str, str], type: str,
-                         data: Optional[dict[str, Any]]) -> _Delivery:
+                         data: dict[str, Any] | None) -> _Delivery:
     """Send one event with ``session.client``, flush, and tell what became of it. Blocks."""
     delivery = _Delivery()
     delivery.listen(session.center)
@@ -534,7 +534,7 @@ def _deliver_with_client(session: _Session, action: str, identifiers: dict[str, 
         said = session.recent.last(logging.ERROR, mark) or session.recent.last(logging.WARNING, mark)
         dropped = ", ".join(f"{reason}" for reason in stats.get("dropped") or {})
         if not finished:
-            delivery.problem = f"not delivered within {session.timeout:g}s"
+            delivery.problem = f"no acknowledgement within {session.timeout:g}s"
         else:
             delivery.problem = "dropped" + (f" ({dropped})" if dropped else "")
         if said:
@@ -614,8 +614,9 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
               else "it has no ODP of its own; optimizely-odp-ext provides it")
     lines = [("optimizely-sdk", f"{compat.SDK_VERSION} ({native})"), ("optimizely-odp-ext", __version__)]
 
-    session: Optional[_Session] = None
-    integration: Optional[OdpIntegration] = None
+    session: _Session | None = None
+    config: Any = None
+    integration: OdpIntegration | None = None
     state = IntegrationState.UNDETERMINED
     if has_source:
         session = _Session(args, odp_disabled=args.odp_disabled)
@@ -684,7 +685,7 @@ def _cmd_doctor(args: argparse.Namespace) -> int:
     return EXIT_FAILED
 
 
-def _doctor_warnings(state: IntegrationState, integration: Optional[OdpIntegration], disabled_by: str,
+def _doctor_warnings(state: IntegrationState, integration: OdpIntegration | None, disabled_by: str,
                      settings: ManagerSettings) -> list[str]:
     warnings = []
     if disabled_by:
@@ -710,7 +711,7 @@ def _doctor_warnings(state: IntegrationState, integration: Optional[OdpIntegrati
     return warnings
 
 
-def _doctor_spool(path: Optional[str], warnings: list[str]) -> str:
+def _doctor_spool(path: str | None, warnings: list[str]) -> str:
     if path is None:
         return ""
     try:
@@ -737,7 +738,7 @@ def _doctor_spool(path: Optional[str], warnings: list[str]) -> str:
 def _cmd_collector(args: argparse.Namespace) -> int:
     from optimizely_odp_ext.testing.collector import OdpCollector
 
-    jsonl: Optional[IO[str]] = None
+    jsonl: IO[str] | None = None
     if args.jsonl:
         try:
             jsonl = open(args.jsonl, "a", encoding="utf-8")  # noqa: SIM115 (closed in finally)
@@ -770,20 +771,15 @@ def _cmd_collector(args: argparse.Namespace) -> int:
 
     collector.on_event = on_event
     try:
-        collector.start()
-    except OSError as error:
-        if jsonl is not None:
-            jsonl.close()
-        raise CliError(f"cannot listen on 127.0.0.1:{args.port}: {error.strerror or error}") from None
-    try:
-        keys = f"x-api-key {args.api_key!r}" if args.api_key else "any x-api-key"
-        print(f"{PROG}: collector listening on {collector.url} (POST /v3/events, {keys}); Ctrl-C to stop",
-              file=sys.stderr, flush=True)
-        with _sigterm_as_interrupt():
+        with _sigterm_as_interrupt(), suppress(KeyboardInterrupt):
             try:
-                done.wait(args.exit_after)
-            except KeyboardInterrupt:
-                pass
+                collector.start()
+            except OSError as error:
+                raise CliError(f"cannot listen on 127.0.0.1:{args.port}: {error.strerror or error}") from None
+            keys = f"x-api-key {args.api_key!r}" if args.api_key else "any x-api-key"
+            print(f"{PROG}: collector listening on {collector.url} (POST /v3/events, {keys}); Ctrl-C to stop",
+                  file=sys.stderr, flush=True)
+            done.wait(args.exit_after)
     finally:
         collector.stop()
         with lock:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import time
-import uuid
 from typing import Any, Union
 
 from optimizely_odp_ext.compat import SDK_VERSION
@@ -25,6 +25,18 @@ DEFAULT_EVENT_TYPE = "fullstack"
 USER_ID_KEY = "fs_user_id"
 _USER_ID_ALIASES = ("fs_user_id", "fs-user-id")
 _SCALARS = (str, int, float, bool, type(None))
+_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID4_SET = (4 << 76) | (0x8000 << 48)
+
+
+def new_idempotence_id() -> str:
+    """A random (version 4) UUID string, as ``str(uuid.uuid4())`` but about 3x cheaper.
+
+    An idempotence id must be unique, not secret, so the ``random`` module's generator
+    (seeded from the OS, and reseeded in a forked child) serves instead of ``os.urandom``.
+    """
+    digits = "%032x" % (random.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET)
+    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
 class InvalidEventError(ValueError):
@@ -66,7 +78,7 @@ class OdpEvent:
     def wire_data(self) -> OdpData:
         """The ``data`` object as sent: the default data, then the caller's on top."""
         data: OdpData = {
-            "idempotence_id": str(uuid.uuid4()),
+            "idempotence_id": new_idempotence_id(),
             "data_source_type": "sdk",
             "data_source": "python-sdk",
             "data_source_version": SDK_VERSION,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import inspect
 
+from conftest import ClientFactory
 from optimizely import optimizely as sdk
 from optimizely.helpers import enums
 
-from conftest import ClientFactory
 from optimizely_odp_ext import OdpNotificationCenter, OdpOptimizely
 from optimizely_odp_ext.testing import RecordingEventDispatcher
 

@@ -9,8 +9,8 @@ import math
 from typing import Any
 
 import pytest
-
 from conftest import API_KEY, ClientFactory, log_lines
+
 from optimizely_odp_ext import DiscardReason, OdpOptimizely
 from optimizely_odp_ext.compat import HAS_NATIVE_ODP, SDK_VERSION
 from optimizely_odp_ext.testing import OdpCollector, RecordingEventDispatcher, sample_datafile

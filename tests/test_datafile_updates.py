@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import API_KEY, ClientFactory, log_lines
 from optimizely.config_manager import PollingConfigManager
 
-from conftest import API_KEY, ClientFactory, log_lines
 from optimizely_odp_ext import BatchEventManager, DiscardReason, IntegrationState, OdpIntegration
 from optimizely_odp_ext.testing import DatafileServer, OdpCollector, sample_datafile
 

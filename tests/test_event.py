@@ -44,6 +44,16 @@ def test_wire_form_has_default_data_that_the_caller_can_override() -> None:
     assert data["price"] == 9.5
 
 
+def test_idempotence_ids_are_version_4_uuids_and_unique() -> None:
+    from optimizely_odp_ext.event import new_idempotence_id
+
+    ids = {new_idempotence_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    for value in list(ids)[:100]:
+        parsed = uuid.UUID(value)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and str(parsed) == value
+
+
 def test_idempotence_id_is_fixed_once_encoded_and_caller_id_wins() -> None:
     event = build_event("a", {"fs_user_id": "u"})
     assert event.to_json() == event.to_json()

@@ -10,8 +10,8 @@ import threading
 import time
 
 import pytest
-
 from conftest import API_KEY, ClientFactory, log_lines
+
 from optimizely_odp_ext import (
     ODP_BATCH_DELIVERED,
     ODP_BATCH_FAILED,

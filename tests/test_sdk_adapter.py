@@ -5,8 +5,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-
 from conftest import ClientFactory
+
 from optimizely_odp_ext.compat import HAS_NATIVE_ODP
 from optimizely_odp_ext.sdk_adapter import SdkEventManagerAdapter
 from optimizely_odp_ext.testing import OdpCollector

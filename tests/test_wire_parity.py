@@ -7,8 +7,8 @@ import copy
 from typing import Any
 
 import pytest
-
 from conftest import ClientFactory
+
 from optimizely_odp_ext.compat import HAS_NATIVE_ODP
 from optimizely_odp_ext.testing import OdpCollector, RecordingEventDispatcher
 

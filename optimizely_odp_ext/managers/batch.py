@@ -32,8 +32,9 @@ from optimizely_odp_ext.settings import ManagerSettings
 from optimizely_odp_ext.spool import SpoolError, SqliteSpool
 from optimizely_odp_ext.transport import Outcome, OutcomeKind, Transport
 
-ENCODE_CHUNK = 2000
-"""Events encoded per hold of the lock, so outcomes are never kept waiting long."""
+ENCODE_CHUNK = 500
+"""Events encoded per hold of the lock: outcomes never wait long for it, and full batches
+leave between chunks."""
 _EXPIRY_CHECK_INTERVAL = 1.0
 
 
@@ -303,11 +304,18 @@ class BatchEventManager(EventManager):
             self._wake.clear()
 
     def _dispatch_once(self) -> float | None:
-        """Encode new events, send due batches; return seconds until there is more to do."""
-        s = self.settings
-        while self._incoming:
+        """Encode new events and send due batches, a chunk at a time so that the first full
+        batches leave while the rest of a burst is still being encoded; return seconds
+        until there is more to do (None: wait to be woken)."""
+        while True:
             with self._lock:
                 self._accept_chunk()
+            wait = self._send_due_batches()
+            if not self._incoming:
+                return wait
+
+    def _send_due_batches(self) -> float | None:
+        s = self.settings
         now = time.monotonic()
         with self._lock:
             if now - self._last_expiry_check >= _EXPIRY_CHECK_INTERVAL:

@@ -7,8 +7,8 @@ import logging
 import threading
 
 import pytest
-
 from conftest import ClientFactory, log_lines
+
 from optimizely_odp_ext import BatchEventManager, DiscardReason, SettingError
 from optimizely_odp_ext.testing import OdpCollector
 
