@@ -79,8 +79,12 @@ class OdpOptimizely(Optimizely):
             enums.NotificationTypes.OPTIMIZELY_CONFIG_UPDATE, self._on_datafile_update
         )
         assert self.odp_event_manager is not None
+        try:
+            known = self._read_integration()[1]
+        except Exception:  # reported by _on_datafile_update just below
+            known = None
         self.odp_event_manager.start(logger=self.logger, notification_center=self.notification_center,
-                                     integration=None)
+                                     integration=known)
         self._on_datafile_update()
 
     # -- the ODP integration -----------------------------------------------------------------
@@ -94,17 +98,23 @@ class OdpOptimizely(Optimizely):
         """The integration new events go to, or None."""
         return self._odp[1]
 
+    def _read_integration(self) -> tuple[IntegrationState, OdpIntegration | None]:
+        """The state and integration of the config manager's current datafile."""
+        config = compat.current_project_config(self.config_manager)
+        if config is None:
+            return (IntegrationState.UNDETERMINED, None)
+        integration = compat.integration_of(config)
+        return (IntegrationState.INTEGRATED if integration else IntegrationState.NOT_INTEGRATED, integration)
+
     def _on_datafile_update(self) -> None:
         """OPTIMIZELY_CONFIG_UPDATE: pick up an integration added, changed or removed."""
         try:
-            config = compat.current_project_config(self.config_manager)
-            if config is None:
-                return
-            integration = compat.integration_of(config)
+            state, integration = self._read_integration()
         except Exception as error:
             self.logger.error(f"ODP integration could not be read from the datafile: {error}")
             return
-        state = IntegrationState.INTEGRATED if integration else IntegrationState.NOT_INTEGRATED
+        if state is IntegrationState.UNDETERMINED:
+            return
         manager = self.odp_event_manager
         assert manager is not None
         with self._odp_lock:

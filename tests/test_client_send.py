@@ -197,3 +197,52 @@ def test_stats_count_accepted_and_delivered(make_client: ClientFactory, collecto
     assert stats["accepted"] == 25 and stats["delivered"] == 25
     assert stats["queued"] == 0 and stats["in_flight"] == 0 and stats["dropped_total"] == 0
     assert collector.event_count() == 25
+
+
+def test_plain_http_remote_host_gets_a_warning(make_client: ClientFactory, caplog: pytest.LogCaptureFixture) -> None:
+    make_client(datafile=json.dumps(sample_datafile("http://odp.example.invalid", API_KEY)))
+    warnings = log_lines(caplog, logging.WARNING)
+    assert any("plain http://" in line and "odp.example.invalid" in line for line in warnings)
+
+
+def test_loopback_and_https_hosts_get_no_warning(make_client: ClientFactory, caplog: pytest.LogCaptureFixture) -> None:
+    make_client()
+    make_client(datafile=json.dumps(sample_datafile("https://api.zaius.com", API_KEY)))
+    assert not any("plain http://" in line for line in log_lines(caplog, logging.WARNING))
+
+
+def test_tls_verification_stays_on() -> None:
+    from optimizely_odp_ext.transport import Transport
+
+    transport = Transport()
+    assert transport.session.verify is True
+    transport.close()
+
+
+def test_a_custom_manager_is_started_with_the_sdk_logger_center_and_integration(
+    make_client: ClientFactory, collector: OdpCollector, sdk_logger: logging.Logger,
+) -> None:
+    from optimizely_odp_ext import EventManager, OdpEvent, SendResult
+    from optimizely_odp_ext.result import ACCEPTED
+
+    class Recording(EventManager):
+        def __init__(self) -> None:
+            self.events: list[OdpEvent] = []
+            self.started_with: dict[str, Any] = {}
+
+        def start(self, *, logger: Any, notification_center: Any, integration: Any) -> None:
+            self.started_with = {"logger": logger, "center": notification_center, "integration": integration}
+
+        def send(self, event: OdpEvent) -> SendResult:
+            self.events.append(event)
+            return ACCEPTED
+
+    manager = Recording()
+    client = make_client(odp_event_manager=manager)
+    assert client.send_odp_event("custom", {"fs_user_id": "u"})
+    assert manager.started_with["center"] is client.notification_center
+    assert manager.started_with["logger"] is client.logger
+    assert manager.started_with["integration"] == client.odp_integration
+    [event] = manager.events
+    assert event.integration == client.odp_integration and event.action == "custom"
+    assert collector.request_count() == 0

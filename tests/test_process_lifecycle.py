@@ -125,7 +125,10 @@ def test_kill_9_with_a_spool_then_restart_delivers_everything_with_original_ids(
     """, datafile))
     delivered = {e["identifiers"]["fs_user_id"]: e["data"]["idempotence_id"] for e in collector.events}
     assert sorted(delivered, key=int) == [str(i) for i in range(100)]
-    assert collector.duplicates() == {}
+    # At-least-once: only a batch in flight at the kill (one probe of 25 while ODP fails)
+    # may arrive twice, if the server handled it after the process died.
+    duplicates = collector.duplicates()
+    assert len(duplicates) <= 25 and set(duplicates.values()) <= {2}
     for user, idempotence_id in seen_ids.items():
         assert delivered[user] == idempotence_id, "the restarted process sends the original bytes"
 

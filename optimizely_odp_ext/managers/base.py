@@ -41,8 +41,9 @@ class EventManager(ABC):
         """
 
     def integration_changed(self, integration: OdpIntegration | None) -> None:  # noqa: B027
-        """A new datafile changed the integration (None: no longer integrated). Must not block.
-        Events already accepted keep their own integration."""
+        """The client learned the integration from a datafile (None: not integrated), right
+        after ``start`` and on every change. Must not block. Events already accepted keep
+        their own integration."""
 
     def flush(self, timeout: float | None = None) -> bool:
         """Deliver everything accepted so far; True when it all was delivered or finally

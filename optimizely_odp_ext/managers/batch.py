@@ -19,7 +19,7 @@ import threading
 import time
 import weakref
 from collections import Counter, deque
-from typing import Any, NamedTuple
+from typing import Any
 
 from optimizely_odp_ext import notifications
 from optimizely_odp_ext.event import OdpEvent
@@ -36,11 +36,6 @@ ENCODE_CHUNK = 500
 """Events encoded per hold of the lock: outcomes never wait long for it, and full batches
 leave between chunks."""
 _EXPIRY_CHECK_INTERVAL = 1.0
-
-
-class _Followups(NamedTuple):
-    notes: list[notifications.Note]
-    spool_deletions: list[int]
 
 
 class _NoOpLogger:
@@ -100,8 +95,6 @@ class BatchEventManager(EventManager):
         """Average encoded size so far: what an event not yet encoded counts against max_queue_bytes."""
         self._in_flight_events = 0
         self._last_expiry_check = 0.0
-        self._spool_deletions: list[int] = []
-        """Spool rows resolved under the lock, deleted after it is released."""
         self._notes: list[notifications.Note] = []
         """Notifications collected under the lock, fired after it is released."""
         self._counts: Counter[str] = Counter()
@@ -219,8 +212,8 @@ class BatchEventManager(EventManager):
             left_in_flight = self._in_flight_events
             spooled = sum(1 for item in left if item.spool_id)
             self._resolve_dropped([item for item in left if not item.spool_id], DiscardReason.SHUTDOWN)
-            followups = self._take_followups()
-        self._run_followups(followups)
+            notes = self._take_notes()
+        self._fire(notes)
         self._wake.set()
         for _ in self._threads:
             self._work.put(None)
@@ -320,8 +313,8 @@ class BatchEventManager(EventManager):
         with self._lock:
             if now - self._last_expiry_check >= _EXPIRY_CHECK_INTERVAL:
                 self._expire(now)
-            followups = self._take_followups()
-        self._run_followups(followups)
+            notes = self._take_notes()
+        self._fire(notes)
         with self._lock:
             flushing = self._flush_requests > 0 or self._closed
             next_due: float | None = None
@@ -385,9 +378,9 @@ class BatchEventManager(EventManager):
                 outcome = Outcome(OutcomeKind.RETRY, detail=f"unexpected error: {type(error).__name__}")
             with self._lock:
                 self._complete(batch, outcome)
-                followups = self._take_followups()
+                notes = self._take_notes()
             self._wake.set()
-            self._run_followups(followups)
+            self._fire(notes)
 
     # -- outcomes (called with the lock held) -------------------------------------------------
     def _complete(self, batch: Batch, outcome: Outcome) -> None:
@@ -437,9 +430,10 @@ class BatchEventManager(EventManager):
                      outcome.status, delay)
 
     def _release(self, items: list[Item]) -> None:
-        """Items are resolved for good (delivered or dropped): forget them, here and in the spool."""
+        """Items are resolved for good (delivered or dropped): forget them, here and in the
+        spool. The spool rows go before flush() can see the items resolved."""
         if self._spool is not None:
-            self._spool_deletions.extend(item.spool_id for item in items if item.spool_id)
+            self._delete_from_spool([item.spool_id for item in items if item.spool_id])
         self._buffered_events -= len(items)
         self._buffered_bytes -= sum(len(item.body) for item in items)
 
@@ -478,21 +472,22 @@ class BatchEventManager(EventManager):
         if self.notification_center is not None:
             self._notes.append((kind, args))
 
-    def _take_followups(self) -> _Followups:
-        """What was decided under the lock and must be done once it is released."""
-        followups = _Followups(self._notes, self._spool_deletions)
-        self._notes, self._spool_deletions = [], []
-        return followups
+    def _delete_from_spool(self, rowids: list[int]) -> None:
+        assert self._spool is not None
+        if not rowids:
+            return
+        try:
+            self._spool.delete(rowids)
+        except SpoolError as error:
+            self.logger.error(f"ODP spool rows could not be deleted (they may be sent again): {error}")
 
-    def _run_followups(self, followups: _Followups) -> None:
-        """Without the lock: delete resolved spool rows, then notify listeners."""
-        if followups.spool_deletions and self._spool is not None:
-            try:
-                self._spool.delete(followups.spool_deletions)
-            except SpoolError as error:
-                if not self._closed:
-                    self.logger.error(f"ODP spool rows could not be deleted (they may be sent again): {error}")
-        notifications.fire(self.notification_center, followups.notes)
+    def _take_notes(self) -> list[notifications.Note]:
+        """The notifications collected under the lock, to fire once it is released."""
+        notes, self._notes = self._notes, []
+        return notes
+
+    def _fire(self, notes: list[notifications.Note]) -> None:
+        notifications.fire(self.notification_center, notes)
 
     # -- fork and exit -------------------------------------------------------------------------
     def _after_fork_in_child(self) -> None:
