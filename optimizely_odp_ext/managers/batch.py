@@ -95,6 +95,7 @@ class BatchEventManager(EventManager):
         """Average encoded size so far: what an event not yet encoded counts against max_queue_bytes."""
         self._in_flight_events = 0
         self._last_expiry_check = 0.0
+        self._current_integration: OdpIntegration | None = None
         self._notes: list[notifications.Note] = []
         """Notifications collected under the lock, fired after it is released."""
         self._counts: Counter[str] = Counter()
@@ -208,6 +209,8 @@ class BatchEventManager(EventManager):
         delivered_all = self.flush(limit)
         with self._lock:
             self._stopping = True
+            while self._incoming:  # accepted by a send that raced with close
+                self._accept_chunk()
             left = [item for dest in self._destinations.values() for item in dest.take_all()]
             left_in_flight = self._in_flight_events
             spooled = sum(1 for item in left if item.spool_id)
@@ -247,22 +250,26 @@ class BatchEventManager(EventManager):
             }
 
     def integration_changed(self, integration: OdpIntegration | None) -> None:
-        """Events held back by a refused key move to the new key of the same host."""
-        if integration is None:
-            return
+        """Events held back by a refused key move to the new integration."""
         with self._lock:
-            for old in list(self._destinations):
-                dest = self._destinations[old]
+            self._current_integration = integration
+            if integration is None:
+                return
+            for old, dest in list(self._destinations.items()):
                 if dest.unauthorized and old != integration and dest.has_work():
-                    moved = dest.take_all()
-                    target = self._destination(integration)
-                    for item in sorted(moved):
-                        target.add(item)
-                    self.logger.info(
-                        f"ODP: {len(moved)} events refused with key {mask_key(old.api_key)} "
-                        f"move to key {mask_key(integration.api_key)}."
-                    )
+                    self._move_to(integration, dest.take_all())
         self._wake.set()
+
+    def _move_to(self, integration: OdpIntegration, items: list[Item]) -> None:
+        """Re-home events whose key was refused (lock held). They go as ready batches, so the
+        new destination's pending queue stays in acceptance order."""
+        target = self._destination(integration)
+        items.sort()
+        size = self.settings.batch_size
+        for start in range(0, len(items), size):
+            target.ready_batches.append(Batch(integration, items[start:start + size]))
+        self.logger.info(f"ODP: {len(items)} events refused with an old key move to key "
+                         f"{mask_key(integration.api_key)}.")
 
     # -- threads -----------------------------------------------------------------------------
     def _start_threads(self) -> None:
@@ -412,6 +419,10 @@ class BatchEventManager(EventManager):
                 f"ODP refused {len(batch.items)} event(s) for good ({outcome.detail}); they are dropped."
             )
             self._resolve_dropped(batch.items, DiscardReason.REJECTED)
+            return
+        current = self._current_integration
+        if kind is OutcomeKind.UNAUTHORIZED and current is not None and current != batch.destination:
+            self._move_to(current, batch.items)  # a new key arrived while this batch was out
             return
         # RETRY or UNAUTHORIZED: keep the events, back off this destination.
         dest.failures += 1
