@@ -6,8 +6,8 @@ import logging
 from pathlib import Path
 
 import pytest
-
 from conftest import ClientFactory, log_lines
+
 from optimizely_odp_ext import BatchEventManager
 from optimizely_odp_ext.spool import SqliteSpool
 from optimizely_odp_ext.testing import OdpCollector

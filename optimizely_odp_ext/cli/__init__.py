@@ -1,0 +1,34 @@
+"""The ``optimizely-odp`` command: send an event, check a setup, run a local collector, manage a spool.
+
+Usage::
+
+    optimizely-odp [-v] send ACTION SOURCE --id KEY=VALUE [--id ...] [--type TYPE]
+                   [--data KEY=VALUE ...] [--data-json JSON] [--set NAME=VALUE ...] [--timeout S]
+    optimizely-odp [-v] doctor [SOURCE] [--odp-disabled] [--set NAME=VALUE ...]
+                   [--send-test-event] [--timeout S]
+    optimizely-odp collector [--port N] [--api-key KEY] [--jsonl FILE] [--quiet]
+                   [--max-events N] [--exit-after S]
+    optimizely-odp spool stats PATH [--json]
+    optimizely-odp spool replay PATH [--batch-size N] [--timeout S]
+    optimizely-odp spool purge PATH [--yes]
+
+    SOURCE: --datafile PATH | --sdk-key KEY [--datafile-url URL] | --datafile-url URL
+            | --host URL --api-key KEY (send only: one request straight to that host)
+
+Exit codes: 0 success; 1 the operation failed (event not delivered, ODP not usable,
+events left in the spool); 2 bad usage or input; 70 internal error; 130 interrupted.
+Errors are one line on stderr, ``optimizely-odp: error: ...``; ``--verbose`` adds the
+SDK's DEBUG log (and a traceback for an internal error) on stderr.
+
+``send`` and ``doctor`` build an :class:`~optimizely_odp_ext.OdpOptimizely` exactly as an
+application would (the datafile from a file, or polled with an SDK key), with an event
+dispatcher that keeps the base SDK's own events in memory. Every command blocks until it
+is done; ``collector`` runs in the foreground until Ctrl-C, SIGTERM, ``--max-events`` or
+``--exit-after``.
+"""
+
+from __future__ import annotations
+
+from optimizely_odp_ext.cli.app import main
+
+__all__ = ["main"]

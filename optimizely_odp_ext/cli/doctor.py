@@ -1,0 +1,170 @@
+"""``optimizely-odp doctor``: report the ODP setup a datafile gives, and what looks wrong."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from optimizely_odp_ext import __version__, compat
+from optimizely_odp_ext.cli.common import EXIT_FAILED, EXIT_OK, plural
+from optimizely_odp_ext.cli.delivery import Delivery, deliver
+from optimizely_odp_ext.cli.session import (
+    Session,
+    add_client_arguments,
+    add_source_arguments,
+    has_source,
+    manager_arguments,
+    resolve_settings,
+)
+from optimizely_odp_ext.event import DEFAULT_EVENT_TYPE
+from optimizely_odp_ext.integration import IntegrationState, OdpIntegration, mask_key
+from optimizely_odp_ext.settings import ENV_PREFIX, SETTINGS, ManagerSettings, odp_disabled_by_environment
+
+DOCTOR_ACTION = "doctor_test"
+DOCTOR_IDENTIFIERS = {"fs_user_id": "optimizely-odp-doctor"}
+
+
+def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser],
+               verbose: argparse.ArgumentParser) -> None:
+    doctor = commands.add_parser("doctor", parents=[verbose], help="report the ODP setup a datafile gives",
+                                 description="Load the datafile as OdpOptimizely would and report the ODP "
+                                 "integration, the event manager settings in force and what looks wrong. "
+                                 "Exits 1 unless ODP events would be delivered.")
+    add_source_arguments(doctor, allow_host=False)
+    add_client_arguments(doctor)
+    doctor.add_argument("--odp-disabled", action="store_true",
+                        help="check as if the application passed OdpOptimizely(odp_disabled=True)")
+    doctor.add_argument("--send-test-event", action="store_true",
+                        help=f"send one event (action {DOCTOR_ACTION}, identifier fs_user_id="
+                        f"{DOCTOR_IDENTIFIERS['fs_user_id']}) and report its delivery")
+    doctor.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the report; EXIT_OK only if ODP events would be delivered. Blocks."""
+    source_given = has_source(args)
+    warnings: list[str] = []
+    disabled_by = ("argument --odp-disabled" if args.odp_disabled
+                   else f"environment variable {ENV_PREFIX}DISABLED={os.environ.get(ENV_PREFIX + 'DISABLED')}"
+                   if odp_disabled_by_environment() else "")
+    native = ("its own ODP event manager is replaced by optimizely-odp-ext's" if compat.HAS_NATIVE_ODP
+              else "it has no ODP of its own; optimizely-odp-ext provides it")
+    lines = [("optimizely-sdk", f"{compat.SDK_VERSION} ({native})"), ("optimizely-odp-ext", __version__)]
+
+    session: Session | None = None
+    config: Any = None
+    integration: OdpIntegration | None = None
+    state = IntegrationState.UNDETERMINED
+    if source_given:
+        session = Session(args, odp_disabled=args.odp_disabled)
+        settings = session.settings
+    else:
+        settings = resolve_settings(manager_arguments(args.settings))
+        warnings.append("no datafile given (--datafile, --sdk-key or --datafile-url): the ODP integration "
+                        "is unknown")
+    try:
+        if session is not None:
+            config = session.wait_for_datafile()
+            revision = f" (revision {getattr(config, 'revision', '?')})" if config is not None else ""
+            lines.append(("datafile", session.label + revision))
+            if config is None:
+                warnings.append(session.no_datafile_message())
+            else:
+                integration = compat.integration_of(config)
+                state = IntegrationState.INTEGRATED if integration else IntegrationState.NOT_INTEGRATED
+        lines.append(("ODP state", {IntegrationState.INTEGRATED: "integrated",
+                                    IntegrationState.NOT_INTEGRATED: "not integrated",
+                                    IntegrationState.UNDETERMINED: "undetermined"}[state]))
+        lines.append(("ODP host", integration.host if integration else "-"))
+        lines.append(("ODP public key", f"{mask_key(integration.api_key)} (masked)" if integration else "-"))
+        lines.append(("ODP enabled", f"no, disabled by {disabled_by}" if disabled_by else "yes"))
+        warnings += _warnings(state, integration, disabled_by, settings)
+        delivery: Delivery | None = None
+        if args.send_test_event and session is not None and config is not None:
+            delivery = deliver(session, DOCTOR_ACTION, dict(DOCTOR_IDENTIFIERS), DEFAULT_EVENT_TYPE, None)
+    finally:
+        if session is not None:
+            session.close()
+
+    width = max(len(name) for name, _ in lines) + 2
+    for name, value in lines:
+        print(f"{name + ':':<{width}}{value}")
+    print("event manager settings (argument > environment > default):")
+    for setting in SETTINGS:
+        source = settings.sources[setting.name]
+        where = {"argument": f"argument (--set {setting.name})",
+                 "environment": f"environment ({setting.env_var})"}.get(source, source)
+        value = getattr(settings, setting.name)
+        print(f"  {setting.name:<23}{'-' if value is None else value!s:<12}{where}")
+    spool_line = _spool(settings.spool_path, warnings)
+    if spool_line:
+        print(f"spool: {spool_line}")
+    if warnings:
+        print("warnings:")
+        for warning in warnings:
+            print(f"  - {warning}")
+    healthy = state is IntegrationState.INTEGRATED and not disabled_by
+    if args.send_test_event:
+        print("test event:")
+        if delivery is None:
+            print("  not sent: no datafile")
+        else:
+            delivery.report(indent="  ")
+            if not delivery.delivered:
+                print(f"  not delivered: {delivery.problem}")
+            healthy = healthy and delivery.delivered
+    if healthy:
+        print(f"status: OK, ODP events go to {integration.host if integration else '-'}")
+        return EXIT_OK
+    print("status: PROBLEM, ODP events would not be delivered" if source_given or args.send_test_event
+          else "status: UNKNOWN, no datafile to check")
+    return EXIT_FAILED
+
+
+def _warnings(state: IntegrationState, integration: OdpIntegration | None, disabled_by: str,
+              settings: ManagerSettings) -> list[str]:
+    warnings = []
+    if disabled_by:
+        warnings.append(f"ODP is disabled ({disabled_by}): send_odp_event returns odpNotEnabled")
+    if state is IntegrationState.NOT_INTEGRATED:
+        warnings.append('the datafile has no ODP integration (an "integrations" entry with key "odp", '
+                        'a host and a publicKey): send_odp_event returns odpNotIntegrated')
+    if integration is not None:
+        if not integration.host.lower().startswith(("http://", "https://")):
+            warnings.append(f"the ODP host {integration.host!r} is not an http:// or https:// URL: "
+                            "requests to it fail")
+        elif integration.is_plain_http_remote:
+            warnings.append(f"the ODP host {integration.host} is plain http:// and not on this machine: "
+                            "events and the API key travel unencrypted")
+        if integration.api_key != integration.api_key.strip():
+            warnings.append("the ODP public key has leading or trailing whitespace")
+    if settings.retry_max_backoff < settings.retry_initial_backoff:
+        warnings.append(f"retry_max_backoff ({settings.retry_max_backoff}) is below retry_initial_backoff "
+                        f"({settings.retry_initial_backoff})")
+    if settings.exit_timeout == 0 and settings.spool_path is None:
+        warnings.append("exit_timeout is 0 and there is no spool: events pending when the interpreter exits "
+                        "without close() are lost")
+    return warnings
+
+
+def _spool(path: str | None, warnings: list[str]) -> str:
+    """The spool's line of the report ("" without a spool); adds what is wrong with it to ``warnings``."""
+    if path is None:
+        return ""
+    try:
+        from optimizely_odp_ext.spool import SpoolError, SqliteSpool
+    except ImportError as error:  # fcntl is POSIX only
+        warnings.append(f"spool_path is set but the spool cannot be used here: {error}")
+        return path
+    if not os.path.exists(path):
+        directory = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(directory):
+            warnings.append(f"spool_path {path}: the directory {directory} does not exist")
+        return f"{path} (not created yet)"
+    try:
+        stats = SqliteSpool.inspect(path)
+    except SpoolError as error:
+        warnings.append(str(error))
+        return path
+    return f"{path} ({plural(stats['events'], 'event')} waiting)"

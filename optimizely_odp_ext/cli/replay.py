@@ -1,0 +1,113 @@
+"""Sending a spool's events again, for ``optimizely-odp spool replay``."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import TYPE_CHECKING
+
+from optimizely_odp_ext.cli.common import PROG, warn
+from optimizely_odp_ext.integration import OdpIntegration, mask_key
+from optimizely_odp_ext.managers.batching import Batch, Item
+from optimizely_odp_ext.retry import backoff_delay
+from optimizely_odp_ext.settings import SETTINGS_BY_NAME
+from optimizely_odp_ext.transport import Outcome, OutcomeKind, Transport
+
+if TYPE_CHECKING:
+    from optimizely_odp_ext.spool import SqliteSpool
+
+REPLAY_RETRIES = 3
+REPLAY_MAX_BACKOFF = 30.0
+REPLAY_PROGRESS_EVERY = 1000
+"""Replay progress goes to stderr every 1,000 events or every 5%, whichever is rarer."""
+MAX_BATCH_BYTES = int(SETTINGS_BY_NAME["max_batch_bytes"].default)
+
+
+class Replay:
+    """Sends a spool's events, batched per destination, one request at a time; deletes
+    what ODP acknowledged. A destination that keeps failing (after a few retries) or
+    refuses the key is given up for this run; its events stay in the spool. An event
+    ODP refuses on its own (400/413/422, found by splitting the batch) is deleted, as
+    the event manager drops it."""
+
+    def __init__(self, spool: SqliteSpool, transport: Transport, batch_size: int) -> None:
+        self.spool = spool
+        self.transport = transport
+        self.batch_size = batch_size
+        self.total = spool.count()
+        self.delivered = self.refused = self.skipped = 0
+        self.blocked: dict[OdpIntegration, str] = {}
+        self._step = max(REPLAY_PROGRESS_EVERY, math.ceil(self.total / 20))
+        self._next_progress = self._step
+        self._started = time.monotonic()
+
+    def run(self) -> None:
+        """Replay every event. Blocks until done (each request up to the transport's timeout)."""
+        pending: dict[OdpIntegration, Batch] = {}
+        sizes: dict[OdpIntegration, int] = {}
+        for event in self.spool.iter_all(chunk=max(self.batch_size, 1000)):
+            destination = OdpIntegration(event.host, event.api_key)
+            if destination in self.blocked:
+                self._done(skipped=1)
+                continue
+            batch = pending.setdefault(destination, Batch(destination, []))
+            if batch.items and (len(batch.items) >= self.batch_size
+                                or sizes[destination] + len(event.body) + 1 > MAX_BATCH_BYTES):
+                self._send(batch)
+                batch = pending[destination] = Batch(destination, [])
+            if not batch.items:
+                sizes[destination] = 2
+            # seq: the row id keeps the spool's order; accepted_at (monotonic) is unused here
+            batch.items.append(Item(event.rowid, event.body, 0.0, event.rowid))
+            sizes[destination] += len(event.body) + 1
+        for batch in pending.values():
+            if batch.items:
+                self._send(batch)
+
+    def _send(self, batch: Batch) -> None:
+        destination = batch.destination
+        if destination in self.blocked:
+            self._done(skipped=len(batch.items))
+            return
+        outcome = self._post(batch)
+        if outcome.kind is OutcomeKind.DELIVERED:
+            self.spool.delete(item.spool_id for item in batch.items)
+            self._done(delivered=len(batch.items))
+        elif outcome.kind is OutcomeKind.REJECTED and len(batch.items) > 1:
+            for half in batch.split():
+                self._send(half)
+        elif outcome.kind is OutcomeKind.REJECTED:
+            rowid = batch.items[0].spool_id
+            warn(f"ODP refused event {rowid} ({outcome.detail}); it is deleted")
+            self.spool.delete([rowid])
+            self._done(refused=1)
+        else:
+            self.blocked[destination] = outcome.detail or outcome.kind.value
+            warn(f"giving up {destination.host} (key {mask_key(destination.api_key)}) for this replay: "
+                 f"{outcome.detail or outcome.kind.value}; its events stay in the spool")
+            self._done(skipped=len(batch.items))
+
+    def _post(self, batch: Batch) -> Outcome:
+        body = batch.body()
+        failures = 0
+        while True:
+            outcome = self.transport.send(batch.destination, body)
+            if outcome.kind is not OutcomeKind.RETRY or failures >= REPLAY_RETRIES:
+                return outcome
+            failures += 1
+            delay = min(REPLAY_MAX_BACKOFF, backoff_delay(failures, 0.5, REPLAY_MAX_BACKOFF, outcome.retry_after))
+            warn(f"{batch.destination.host}: {outcome.detail}; retry {failures}/{REPLAY_RETRIES} in {delay:.1f}s")
+            time.sleep(delay)  # a command-line pause between retries; Ctrl-C interrupts it
+
+    def _done(self, delivered: int = 0, refused: int = 0, skipped: int = 0) -> None:
+        self.delivered += delivered
+        self.refused += refused
+        self.skipped += skipped
+        handled = self.delivered + self.refused + self.skipped
+        if handled >= self._next_progress and self.total > self._step:
+            while self._next_progress <= handled:
+                self._next_progress += self._step
+            rate = handled / max(time.monotonic() - self._started, 1e-6)
+            print(f"{PROG}: replay: {handled:,}/{self.total:,} events ({100 * handled // self.total}%), "
+                  f"{self.delivered:,} delivered, {rate:,.0f} events/s", file=sys.stderr, flush=True)
