@@ -7,7 +7,7 @@ Swap ``from optimizely.optimizely import Optimizely`` for
 from optimizely_odp_ext.client import OdpOptimizely
 from optimizely_odp_ext.event import InvalidEventError, OdpEvent
 from optimizely_odp_ext.integration import IntegrationState, OdpIntegration
-from optimizely_odp_ext.managers import BatchEventManager, EventManager
+from optimizely_odp_ext.managers import BatchEventManager, EventManager, SyncEventManager
 from optimizely_odp_ext.notifications import (
     ODP_BATCH_DELIVERED,
     ODP_BATCH_FAILED,
@@ -34,5 +34,6 @@ __all__ = [
     "OdpOptimizely",
     "SendResult",
     "SettingError",
+    "SyncEventManager",
     "__version__",
 ]

@@ -53,6 +53,7 @@ class OdpOptimizely(Optimizely):
         self._odp: tuple[IntegrationState, OdpIntegration | None] = (IntegrationState.UNDETERMINED, None)
         self._held: deque[OdpEvent] = deque()
         self._held_discarded = 0
+        self._releasing = 0
         self.odp_enabled = not (odp_disabled or odp_disabled_by_environment()
                                 or compat.settings_disable_odp(arguments.get("settings")))
         self.odp_event_manager: EventManager | None = None
@@ -121,11 +122,16 @@ class OdpOptimizely(Optimizely):
             if self._odp == (state, integration):
                 return
             self._odp = (state, integration)
-            manager.integration_changed(integration)
-            # Held events are handed over before flush() can see the held buffer empty.
-            self._release_held(list(self._held), integration)
+            held = list(self._held)
             self._held.clear()
-            self._odp_lock.notify_all()
+            self._releasing += 1  # flush() waits for these as it waits for held events
+        try:
+            manager.integration_changed(integration)
+            self._release_held(held, integration)  # outside the lock: a manager may send here
+        finally:
+            with self._odp_lock:
+                self._releasing -= 1
+                self._odp_lock.notify_all()
         if integration is None:
             self.logger.info("ODP is not integrated in this datafile; ODP events will not be sent.")
         else:
@@ -242,7 +248,7 @@ class OdpOptimizely(Optimizely):
 
     def _wait_for_held(self, deadline: float | None) -> bool:
         with self._odp_lock:
-            while self._held:
+            while self._held or self._releasing:
                 remaining = _remaining(deadline)
                 if remaining is not None and remaining <= 0:
                     return False

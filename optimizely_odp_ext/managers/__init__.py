@@ -2,5 +2,6 @@
 
 from optimizely_odp_ext.managers.base import EventManager
 from optimizely_odp_ext.managers.batch import BatchEventManager
+from optimizely_odp_ext.managers.sync import SyncEventManager
 
-__all__ = ["BatchEventManager", "EventManager"]
+__all__ = ["BatchEventManager", "EventManager", "SyncEventManager"]

@@ -11,19 +11,16 @@ and logged.
 
 from __future__ import annotations
 
-import atexit
-import contextlib
-import os
 import queue
 import threading
 import time
-import weakref
 from collections import Counter, deque
 from typing import Any
 
 from optimizely_odp_ext import notifications
 from optimizely_odp_ext.event import OdpEvent
 from optimizely_odp_ext.integration import OdpIntegration, mask_key
+from optimizely_odp_ext.managers import lifecycle
 from optimizely_odp_ext.managers.base import EventManager
 from optimizely_odp_ext.managers.batching import Batch, Destination, Item
 from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
@@ -38,13 +35,6 @@ leave between chunks."""
 _EXPIRY_CHECK_INTERVAL = 1.0
 
 
-class _NoOpLogger:
-    def debug(self, *args: Any) -> None: ...
-    def info(self, *args: Any) -> None: ...
-    def warning(self, *args: Any) -> None: ...
-    def error(self, *args: Any) -> None: ...
-
-
 class BatchEventManager(EventManager):
     """Delivers ODP events in batches from background threads.
 
@@ -56,7 +46,7 @@ class BatchEventManager(EventManager):
 
     def __init__(self, **settings: Any) -> None:
         self.settings = ManagerSettings.resolve(settings)
-        self.logger: Any = _NoOpLogger()
+        self.logger: Any = lifecycle.NullLogger()
         self.notification_center: Any = None
         self._closed = False
         self._spool: SqliteSpool | None = None
@@ -68,7 +58,7 @@ class BatchEventManager(EventManager):
             except SpoolError as error:
                 self._spool_error = f"ODP spool disabled, events are kept in memory only: {error}"
         self._init_runtime_state()
-        _live_managers.add(self)
+        lifecycle.track(self)
 
     # -- state that a forked child rebuilds -------------------------------------------------
     def _init_runtime_state(self) -> None:
@@ -229,7 +219,7 @@ class BatchEventManager(EventManager):
         self._transport.close()
         if self._spool is not None:
             self._spool.close()
-        _live_managers.discard(self)
+        lifecycle.untrack(self)
         return delivered_all and not left and not left_in_flight
 
     def stats(self) -> dict[str, Any]:
@@ -501,7 +491,7 @@ class BatchEventManager(EventManager):
         notifications.fire(self.notification_center, notes)
 
     # -- fork and exit -------------------------------------------------------------------------
-    def _after_fork_in_child(self) -> None:
+    def after_fork_in_child(self) -> None:
         """The parent keeps delivering what it queued; the child starts afresh, in memory:
         a spool file belongs to the process that opened it."""
         if self._spool is not None:
@@ -509,25 +499,6 @@ class BatchEventManager(EventManager):
             self._spool_lost_in_fork = True
         self._init_runtime_state()
 
-    def _at_exit(self) -> None:
+    def at_exit(self) -> None:
         if not self._closed:
             self.close(self.settings.exit_timeout)
-
-
-_live_managers: weakref.WeakSet[BatchEventManager] = weakref.WeakSet()
-
-
-def _close_all_at_exit() -> None:
-    for manager in list(_live_managers):
-        with contextlib.suppress(Exception):  # never let exit fail because of us
-            manager._at_exit()
-
-
-def _reset_all_after_fork() -> None:
-    for manager in list(_live_managers):
-        manager._after_fork_in_child()
-
-
-atexit.register(_close_all_at_exit)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_all_after_fork)

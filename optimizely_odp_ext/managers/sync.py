@@ -1,0 +1,327 @@
+"""``SyncEventManager``: ODP delivery on the caller's thread, for serverless functions and scripts.
+
+It never starts a thread. Two modes:
+
+- ``"batch"`` (default): ``send`` only buffers the event (at most ``max_queue_events``; beyond
+  that new events are refused with ``queueFull``). Nothing leaves until ``flush(timeout)`` or
+  ``close(timeout)``, which send batches of up to ``batch_size`` events on the calling thread.
+- ``"per_call"``: ``send`` also makes one POST before it returns (blocking for about
+  ``request_timeout`` at most): the event's batch, or an older batch of the same destination
+  that is waiting for a retry (the event then waits for the next ``send`` or ``flush``).
+
+What a delivery failure means (both modes): ``send`` never raises and returns
+:data:`~optimizely_odp_ext.result.ACCEPTED` for every event it buffered, whatever then
+happens to the POST; the outcome is reported through ``stats()``, the log and the ODP
+notifications (in ``per_call`` mode they fire on the caller's thread before ``send``
+returns). Network errors, timeouts, 408, 429, 5xx, 401 and 403 keep the events for a retry
+(with backoff) on the next ``send`` (``per_call``) or ``flush``; a batch refused with
+400/413/422 is split until the refused events are alone, and only those are dropped
+(``rejectedByServer``). ``flush(timeout)`` retries within its timeout and returns False,
+keeping what is still undelivered for the next flush, when the time runs out. ``close``
+drops what is left (``shutdown``). Events live in memory only: ``spool_path`` is ignored.
+
+Thread-safe: one lock guards the buffer and the counters; it is never held while sending
+or while notification listeners run. After ``os.fork()`` the child starts with an empty
+buffer and a new HTTP session (the parent keeps and delivers what it accepted); at
+interpreter exit, a manager that was not closed is closed within ``exit_timeout``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any, Literal
+
+from optimizely_odp_ext import notifications
+from optimizely_odp_ext.event import OdpEvent
+from optimizely_odp_ext.integration import OdpIntegration, mask_key
+from optimizely_odp_ext.managers import lifecycle
+from optimizely_odp_ext.managers.base import EventManager
+from optimizely_odp_ext.managers.batching import Batch, Destination, Item
+from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
+from optimizely_odp_ext.retry import backoff_delay
+from optimizely_odp_ext.settings import ManagerSettings, SettingError
+from optimizely_odp_ext.transport import Outcome, OutcomeKind, Transport
+
+Mode = Literal["batch", "per_call"]
+MODES: tuple[str, ...] = ("batch", "per_call")
+
+
+class SyncEventManager(EventManager):
+    """Delivers ODP events on the calling thread, without any background thread.
+
+    Args:
+        mode: ``"batch"`` (buffer until ``flush``/``close``) or ``"per_call"`` (one POST in each
+            ``send``). See the module docstring for what happens on failures.
+        batch_size, max_batch_bytes, max_queue_events, request_timeout, retry_initial_backoff,
+        retry_max_backoff, close_timeout, exit_timeout: as for ``BatchEventManager``; each
+        falls back to its ``OPTIMIZELY_ODP_*`` environment variable, then to its default.
+
+    Raises:
+        SettingError: A setting (or ``mode``) has a value it cannot take.
+    """
+
+    def __init__(self, mode: Mode = "batch", *, batch_size: int | None = None,
+                 max_batch_bytes: int | None = None, max_queue_events: int | None = None,
+                 request_timeout: float | None = None, retry_initial_backoff: float | None = None,
+                 retry_max_backoff: float | None = None, close_timeout: float | None = None,
+                 exit_timeout: float | None = None) -> None:
+        if mode not in MODES:
+            raise SettingError(f"argument mode must be one of {', '.join(map(repr, MODES))}, not {mode!r}")
+        self.mode: Mode = mode
+        self.settings = ManagerSettings.resolve({
+            "batch_size": batch_size, "max_batch_bytes": max_batch_bytes, "max_queue_events": max_queue_events,
+            "request_timeout": request_timeout, "retry_initial_backoff": retry_initial_backoff,
+            "retry_max_backoff": retry_max_backoff, "close_timeout": close_timeout, "exit_timeout": exit_timeout,
+        })
+        self.logger: Any = lifecycle.NullLogger()
+        self.notification_center: Any = None
+        self._closed = False
+        self._finished = False
+        """close() has given up on what was left: late outcomes of other threads are dropped."""
+        self._close_result = False
+        self._reset()
+        lifecycle.track(self)
+
+    def _reset(self) -> None:
+        """The state a forked child starts afresh (the parent delivers what it accepted)."""
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        """Notified when a request ends and when close() starts."""
+        self._destinations: dict[OdpIntegration, Destination] = {}
+        self._in_flight: dict[int, Batch] = {}
+        self._held = 0
+        """Accepted events not yet delivered or dropped (buffered or in flight)."""
+        self._in_flight_events = 0
+        self._next_seq = 0
+        self._counts: Counter[str] = Counter()
+        self._dropped: Counter[str] = Counter()
+        self._notes: list[notifications.Note] = []
+        self._transport = Transport(self.settings.request_timeout, pool_size=10)
+
+    def start(self, *, logger: Any, notification_center: Any, integration: OdpIntegration | None) -> None:
+        """Take the SDK's logger and notification center. Non-blocking."""
+        super().start(logger=logger, notification_center=notification_center, integration=integration)
+        if self.settings.spool_path:
+            self.logger.warning("ODP: SyncEventManager keeps events in memory only; spool_path is ignored.")
+
+    def send(self, event: OdpEvent) -> SendResult:
+        """Accept one event. Never raises; thread-safe.
+
+        Returns ACCEPTED when the event was buffered for delivery (whatever the outcome of a
+        POST made here), else a discarded result (``queueFull``, ``closed``). In ``batch`` mode
+        it does not block; in ``per_call`` mode it blocks for one request (about
+        ``request_timeout`` at most), or not at all while the destination backs off.
+        """
+        if self._closed:
+            return self._refuse(DiscardReason.CLOSED, "ODP event manager is closed; event discarded.")
+        integration = event.integration
+        if integration is None:  # the client binds every event before handing it over
+            return self._refuse(DiscardReason.ODP_NOT_INTEGRATED, "ODP event has no integration; discarded.")
+        try:
+            body = event.to_json()
+        except (TypeError, ValueError) as error:  # validated before: only a bug gets here
+            return self._refuse(DiscardReason.INTERNAL_ERROR, f"ODP event could not be encoded: {error}")
+        batch: Batch | None = None
+        with self._lock:  # close() sets _closed under this lock: an event buffered here is its to deliver
+            closed, full = self._closed, self._held >= self.settings.max_queue_events
+            if not (closed or full):
+                self._held += 1
+                dest = self._destination(integration)
+                dest.add(Item(self._next_seq, body, event.accepted_at))
+                self._next_seq += 1
+                if self.mode == "per_call":
+                    batch = self._take(dest, time.monotonic())
+        if closed:
+            return self._refuse(DiscardReason.CLOSED, "ODP event manager is closed; event discarded.")
+        if full:
+            return self._refuse(DiscardReason.QUEUE_FULL, f"ODP event buffer is full "
+                                f"({self.settings.max_queue_events} events); event discarded.")
+        if batch is not None:
+            self._post(batch)
+        return ACCEPTED
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Send every event accepted so far, on this thread, retrying within ``timeout`` seconds
+        (None: no limit). True when all of it was delivered or finally resolved; False when time
+        ran out (or a retry was due after it): what is undelivered stays for the next flush.
+        Once ``close`` has started, returns its verdict (False while it runs). Blocks;
+        thread-safe (concurrent flushes share the work)."""
+        return self._flush(None if timeout is None else time.monotonic() + max(0.0, timeout), final=False)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Refuse new events, flush within ``timeout`` (default: ``close_timeout``), then drop what
+        is left (counted as ``shutdown`` and logged). True when nothing was left undelivered.
+        Idempotent (a second call returns the first one's result). Blocks; thread-safe."""
+        with self._lock:
+            if self._closed:
+                return self._close_result
+            self._closed = True
+            self._changed.notify_all()  # a flush waiting out a backoff elsewhere returns now
+        limit = self.settings.close_timeout if timeout is None else timeout
+        delivered = self._flush(time.monotonic() + max(0.0, limit), final=True)
+        with self._lock:
+            left = [item for dest in self._destinations.values() for item in dest.take_all()]
+            in_flight = self._in_flight_events
+            self._drop(left, DiscardReason.SHUTDOWN)
+            self._close_result = delivered and not left and not in_flight
+            self._finished = True
+            notes, self._notes = self._notes, []
+        notifications.fire(self.notification_center, notes)
+        if left or in_flight:
+            self.logger.error(f"ODP event manager closed with {len(left) + in_flight} events undelivered "
+                              f"(timeout {limit}s).")
+        self._transport.close()
+        lifecycle.untrack(self)
+        return self._close_result
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot of the counters. Non-blocking; thread-safe."""
+        with self._lock:
+            return {
+                "accepted": self._next_seq,
+                "delivered": self._counts["delivered"],
+                "retried": self._counts["retried"],
+                "dropped": dict(self._dropped),
+                "dropped_total": sum(self._dropped.values()),
+                "queued": self._held - self._in_flight_events,
+                "in_flight": self._in_flight_events,
+                "batches_sent": self._counts["batches_sent"],
+                "requests": self._counts["requests"],
+            }
+
+    def integration_changed(self, integration: OdpIntegration | None) -> None:
+        """Events held back by a refused key (401/403) move to the new key. Non-blocking."""
+        if integration is None:
+            return
+        with self._lock:
+            for old, dest in list(self._destinations.items()):
+                if dest.unauthorized and old != integration and dest.has_work():
+                    moved = dest.take_all()
+                    target = self._destination(integration)
+                    for item in sorted(moved):
+                        target.add(item)
+                    self.logger.info(f"ODP: {len(moved)} events refused with key {mask_key(old.api_key)} "
+                                     f"move to key {mask_key(integration.api_key)}.")
+
+    # -- internals ---------------------------------------------------------------------------
+    def _flush(self, deadline: float | None, final: bool) -> bool:
+        with self._lock:
+            target = self._next_seq
+        while True:
+            with self._lock:
+                if self._closed and not final:  # close() decides what becomes of the rest
+                    return self._finished and self._close_result
+                oldest = self._oldest()
+                if oldest is None or oldest >= target:
+                    return True
+                now = time.monotonic()
+                batch, due = None, None
+                for dest in list(self._destinations.values()):
+                    batch = self._take(dest, now)
+                    if batch is not None:
+                        break
+                    if dest.has_work() and dest.in_flight == 0:
+                        due = dest.not_before if due is None else min(due, dest.not_before)
+                if batch is None:
+                    if deadline is not None and (now >= deadline or (due is not None and due >= deadline)):
+                        return False
+                    waits = [t - now for t in (deadline, due) if t is not None]
+                    self._changed.wait(min(waits) if waits else None)
+                    continue
+            self._post(batch)
+
+    def _take(self, dest: Destination, now: float) -> Batch | None:
+        """The next batch of ``dest`` if it may send now, marked in flight. Lock held."""
+        if not dest.can_send(now):
+            return None
+        s = self.settings
+        batch = dest.next_batch(now, 0.0, s.batch_size, s.max_batch_bytes, flushing=True)
+        if batch is not None:
+            dest.in_flight += 1
+            self._in_flight[batch.id] = batch
+            self._in_flight_events += len(batch.items)
+        return batch
+
+    def _post(self, batch: Batch) -> None:
+        """One POST, without the lock; then record its outcome and notify listeners."""
+        batch.attempts += 1
+        try:
+            outcome = self._transport.send(batch.destination, batch.body())
+        except Exception as error:  # the transport translates errors; this is a safety net
+            outcome = Outcome(OutcomeKind.RETRY, detail=f"unexpected error: {type(error).__name__}")
+        with self._lock:
+            self._complete(batch, outcome)
+            notes, self._notes = self._notes, []
+        notifications.fire(self.notification_center, notes)
+
+    def _complete(self, batch: Batch, outcome: Outcome) -> None:
+        """Apply the retry rules of :mod:`optimizely_odp_ext.retry` to one outcome. Lock held."""
+        count, host, kind = len(batch.items), batch.destination.host, outcome.kind
+        self._in_flight.pop(batch.id, None)
+        self._in_flight_events -= count
+        self._counts["requests"] += 1
+        dest = self._destination(batch.destination)
+        dest.in_flight -= 1
+        if kind is OutcomeKind.DELIVERED:
+            dest.failures, dest.not_before, dest.unauthorized = 0, 0.0, False
+            self._counts["batches_sent"] += 1
+            self._counts["delivered"] += count
+            self._held -= count
+            self._note(notifications.ODP_BATCH_DELIVERED, host, count, outcome.status)
+        elif kind is OutcomeKind.FAILED or (kind is OutcomeKind.REJECTED and count == 1):
+            self.logger.error(f"ODP refused {count} event(s) for good ({outcome.detail}); they are dropped.")
+            self._drop(batch.items, DiscardReason.REJECTED)
+        elif self._finished:
+            self._drop(batch.items, DiscardReason.SHUTDOWN)
+        elif kind is OutcomeKind.REJECTED:
+            self.logger.debug(f"ODP refused a batch of {count} ({outcome.detail}); splitting it.")
+            dest.ready_batches.extendleft(reversed(batch.split()))
+        else:  # RETRY or UNAUTHORIZED: keep the events, back off this destination
+            dest.failures += 1
+            dest.unauthorized = kind is OutcomeKind.UNAUTHORIZED
+            s = self.settings
+            delay = backoff_delay(dest.failures, s.retry_initial_backoff, s.retry_max_backoff, outcome.retry_after)
+            dest.not_before = time.monotonic() + delay
+            dest.ready_batches.appendleft(batch)
+            self._counts["retried"] += count
+            self.logger.warning(f"ODP request failed ({outcome.detail}); {count} events kept for a retry "
+                                f"in {delay:.2f}s or later.")
+            self._note(notifications.ODP_BATCH_FAILED, host, count, outcome.status, delay)
+        if not dest.has_work() and dest.in_flight == 0 and dest.failures == 0:
+            del self._destinations[dest.integration]
+        self._changed.notify_all()
+
+    def _destination(self, integration: OdpIntegration) -> Destination:
+        dest = self._destinations.get(integration)
+        if dest is None:
+            dest = self._destinations[integration] = Destination(integration)
+        return dest
+
+    def _oldest(self) -> int | None:
+        seqs = [batch.min_seq for batch in self._in_flight.values()]
+        seqs += [s for s in (d.min_seq() for d in self._destinations.values()) if s is not None]
+        return min(seqs) if seqs else None
+
+    def _drop(self, items: list[Item], reason: DiscardReason) -> None:
+        if items:
+            self._dropped[reason.value] += len(items)
+            self._held -= len(items)
+            self._note(notifications.ODP_EVENTS_DROPPED, reason.value, len(items))
+
+    def _note(self, kind: str, *args: Any) -> None:
+        if self.notification_center is not None:
+            self._notes.append((kind, args))
+
+    def _refuse(self, reason: DiscardReason, message: str) -> SendResult:
+        with self._lock:
+            self._dropped[reason.value] += 1
+        self.logger.warning(message)
+        return SendResult.discarded(reason, message)
+
+    def at_exit(self) -> None:
+        self.close(self.settings.exit_timeout)
+
+    def after_fork_in_child(self) -> None:
+        self._reset()
