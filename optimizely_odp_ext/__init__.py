@@ -4,20 +4,60 @@ Swap ``from optimizely.optimizely import Optimizely`` for
 ``from optimizely_odp_ext import OdpOptimizely``; the rest of your code stays.
 """
 
-from optimizely_odp_ext.client import OdpOptimizely
-from optimizely_odp_ext.event import InvalidEventError, OdpEvent
-from optimizely_odp_ext.integration import IntegrationState, OdpIntegration
-from optimizely_odp_ext.managers import BatchEventManager, EventManager, SyncEventManager
-from optimizely_odp_ext.notifications import (
-    ODP_BATCH_DELIVERED,
-    ODP_BATCH_FAILED,
-    ODP_EVENTS_DROPPED,
-    OdpNotificationCenter,
-)
-from optimizely_odp_ext.result import DiscardReason, SendResult
-from optimizely_odp_ext.settings import SettingError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from optimizely_odp_ext.client import OdpOptimizely
+    from optimizely_odp_ext.event import InvalidEventError, OdpEvent
+    from optimizely_odp_ext.integration import IntegrationState, OdpIntegration
+    from optimizely_odp_ext.managers import BatchEventManager, EventManager, SyncEventManager
+    from optimizely_odp_ext.notifications import (
+        ODP_BATCH_DELIVERED,
+        ODP_BATCH_FAILED,
+        ODP_EVENTS_DROPPED,
+        OdpNotificationCenter,
+    )
+    from optimizely_odp_ext.result import DiscardReason, SendResult
+    from optimizely_odp_ext.settings import SettingError
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "OdpOptimizely": "optimizely_odp_ext.client",
+    "InvalidEventError": "optimizely_odp_ext.event",
+    "OdpEvent": "optimizely_odp_ext.event",
+    "IntegrationState": "optimizely_odp_ext.integration",
+    "OdpIntegration": "optimizely_odp_ext.integration",
+    "BatchEventManager": "optimizely_odp_ext.managers",
+    "EventManager": "optimizely_odp_ext.managers",
+    "SyncEventManager": "optimizely_odp_ext.managers",
+    "ODP_BATCH_DELIVERED": "optimizely_odp_ext.notifications",
+    "ODP_BATCH_FAILED": "optimizely_odp_ext.notifications",
+    "ODP_EVENTS_DROPPED": "optimizely_odp_ext.notifications",
+    "OdpNotificationCenter": "optimizely_odp_ext.notifications",
+    "DiscardReason": "optimizely_odp_ext.result",
+    "SendResult": "optimizely_odp_ext.result",
+    "SettingError": "optimizely_odp_ext.settings",
+}
+"""Public name -> the module that defines it. Imported on first use, so that importing a
+submodule (the pytest plugin, the CLI) does not load the SDK until it is needed."""
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "ODP_BATCH_DELIVERED",

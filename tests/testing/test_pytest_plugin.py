@@ -71,3 +71,13 @@ def test_importing_the_plugin_starts_nothing_and_configures_no_logging() -> None
 
     assert done.returncode == 0, done.stderr
     assert done.stdout == "" and done.stderr == ""
+
+
+def test_loading_the_plugin_does_not_import_the_sdk() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, optimizely_odp_ext.testing.pytest_plugin; "
+            "print(sorted(m for m in ('optimizely', 'requests', 'optimizely_odp_ext.client') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
