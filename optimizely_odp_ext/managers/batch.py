@@ -22,9 +22,9 @@ from optimizely_odp_ext.event import OdpEvent
 from optimizely_odp_ext.integration import OdpIntegration, mask_key
 from optimizely_odp_ext.managers import lifecycle
 from optimizely_odp_ext.managers.base import EventManager
-from optimizely_odp_ext.managers.batching import Batch, Destination, Item
+from optimizely_odp_ext.managers.batching import Batch, Item
+from optimizely_odp_ext.managers.ledger import DeliveryLedger, Fate
 from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
-from optimizely_odp_ext.retry import backoff_delay
 from optimizely_odp_ext.settings import ManagerSettings
 from optimizely_odp_ext.spool import SpoolError, SqliteSpool
 from optimizely_odp_ext.transport import Outcome, OutcomeKind, Transport
@@ -73,8 +73,8 @@ class BatchEventManager(EventManager):
         self._started = False
         self._stopping = False
         self._flush_requests = 0
-        self._destinations: dict[OdpIntegration, Destination] = {}
-        self._in_flight: dict[int, Batch] = {}
+        self._ledger = DeliveryLedger(s)
+        """Destinations, batches in flight, counters and notifications (under the lock)."""
         self._work: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._transport = Transport(s.request_timeout, s.max_in_flight)
@@ -83,13 +83,8 @@ class BatchEventManager(EventManager):
         self._buffered_bytes = 0
         self._event_bytes_estimate = 300
         """Average encoded size so far: what an event not yet encoded counts against max_queue_bytes."""
-        self._in_flight_events = 0
         self._last_expiry_check = 0.0
         self._current_integration: OdpIntegration | None = None
-        self._notes: list[notifications.Note] = []
-        """Notifications collected under the lock, fired after it is released."""
-        self._counts: Counter[str] = Counter()
-        self._dropped: Counter[str] = Counter()
         self._dropped_on_send: Counter[str] = Counter()
 
     # -- the caller's side -------------------------------------------------------------------
@@ -117,7 +112,7 @@ class BatchEventManager(EventManager):
             for row in spooled:
                 item = Item(self._next_seq, row.body, now - max(0.0, now_wall - row.accepted_at), row.rowid)
                 self._next_seq += 1
-                self._destination(OdpIntegration(row.host, row.api_key)).add(item)
+                self._ledger.destination(OdpIntegration(row.host, row.api_key)).add(item)
                 self._buffered_events += 1
                 self._buffered_bytes += len(row.body)
         self.logger.info(f"ODP: {len(spooled)} events from the spool of a previous run will be delivered.")
@@ -201,8 +196,8 @@ class BatchEventManager(EventManager):
             self._stopping = True
             while self._incoming:  # accepted by a send that raced with close
                 self._accept_chunk()
-            left = [item for dest in self._destinations.values() for item in dest.take_all()]
-            left_in_flight = self._in_flight_events
+            left = self._ledger.take_all()
+            left_in_flight = self._ledger.in_flight_events
             spooled = sum(1 for item in left if item.spool_id)
             self._resolve_dropped([item for item in left if not item.spool_id], DiscardReason.SHUTDOWN)
             notes = self._take_notes()
@@ -225,19 +220,12 @@ class BatchEventManager(EventManager):
     def stats(self) -> dict[str, Any]:
         """A snapshot of the counters. Thread-safe."""
         with self._lock:
-            dropped = self._dropped + self._dropped_on_send
-            return {
-                "accepted": self._next_seq + len(self._incoming),
-                "delivered": self._counts["delivered"],
-                "retried": self._counts["retried"],
-                "dropped": dict(dropped),
-                "dropped_total": sum(dropped.values()),
-                "queued": self._buffered_events - self._in_flight_events + len(self._incoming),
-                "queued_bytes": self._buffered_bytes,
-                "in_flight": self._in_flight_events,
-                "batches_sent": self._counts["batches_sent"],
-                "requests": self._counts["requests"],
-            }
+            return self._ledger.stats(
+                accepted=self._next_seq + len(self._incoming),
+                queued=self._buffered_events - self._ledger.in_flight_events + len(self._incoming),
+                queued_bytes=self._buffered_bytes,
+                also_dropped=self._dropped_on_send,
+            )
 
     def integration_changed(self, integration: OdpIntegration | None) -> None:
         """Events held back by a refused key move to the new integration."""
@@ -245,15 +233,14 @@ class BatchEventManager(EventManager):
             self._current_integration = integration
             if integration is None:
                 return
-            for old, dest in list(self._destinations.items()):
-                if dest.unauthorized and old != integration and dest.has_work():
-                    self._move_to(integration, dest.take_all())
+            for _old, items in self._ledger.take_refused(integration):
+                self._move_to(integration, items)
         self._wake.set()
 
     def _move_to(self, integration: OdpIntegration, items: list[Item]) -> None:
         """Re-home events whose key was refused (lock held). They go as ready batches, so the
         new destination's pending queue stays in acceptance order."""
-        target = self._destination(integration)
+        target = self._ledger.destination(integration)
         items.sort()
         size = self.settings.batch_size
         for start in range(0, len(items), size):
@@ -305,7 +292,7 @@ class BatchEventManager(EventManager):
                 return wait
 
     def _send_due_batches(self) -> float | None:
-        s = self.settings
+        s, ledger = self.settings, self._ledger
         now = time.monotonic()
         with self._lock:
             if now - self._last_expiry_check >= _EXPIRY_CHECK_INTERVAL:
@@ -315,29 +302,26 @@ class BatchEventManager(EventManager):
         with self._lock:
             flushing = self._flush_requests > 0 or self._closed
             next_due: float | None = None
-            for dest in list(self._destinations.values()):
-                while len(self._in_flight) < s.max_in_flight and dest.can_send(now):
-                    batch = dest.next_batch(now, s.flush_interval, s.batch_size, s.max_batch_bytes, flushing)
+            for dest in list(ledger.destinations.values()):
+                while len(ledger.in_flight) < s.max_in_flight:
+                    batch = ledger.take_batch(dest, now, s.flush_interval, flushing)
                     if batch is None:
                         break
-                    self._in_flight[batch.id] = batch
-                    self._in_flight_events += len(batch.items)
-                    dest.in_flight += 1
                     self._work.put(batch)
                 due = dest.due_at(0.0 if flushing else s.flush_interval)
                 if due is not None and (dest.failures == 0 or dest.in_flight == 0):
                     next_due = due if next_due is None else min(next_due, due)
                 if not dest.has_work() and dest.in_flight == 0:
-                    del self._destinations[dest.integration]
+                    del ledger.destinations[dest.integration]
             if next_due is None:
                 return None
-            if len(self._in_flight) >= s.max_in_flight:
+            if len(ledger.in_flight) >= s.max_in_flight:
                 return None  # a sender finishing wakes us
             return max(0.0, next_due - time.monotonic())
 
     def _accept_chunk(self) -> None:
         """Move up to ENCODE_CHUNK events from the caller's deque into their destinations."""
-        incoming = self._incoming
+        incoming, destination, dropped = self._incoming, self._ledger.destination, self._ledger.dropped
         for _ in range(min(ENCODE_CHUNK, len(incoming))):
             event, spool_id = incoming.popleft()
             seq = self._next_seq
@@ -346,22 +330,16 @@ class BatchEventManager(EventManager):
             try:
                 body = event.to_json()
             except (TypeError, ValueError) as error:  # validated before: only a bug gets here
-                self._dropped[DiscardReason.INTERNAL_ERROR.value] += 1
+                dropped[DiscardReason.INTERNAL_ERROR.value] += 1
                 self.logger.error(f"ODP event could not be encoded and was dropped: {error}")
                 continue
             if integration is None:
-                self._dropped[DiscardReason.ODP_NOT_INTEGRATED.value] += 1
+                dropped[DiscardReason.ODP_NOT_INTEGRATED.value] += 1
                 continue
-            self._destination(integration).add(Item(seq, body, event.accepted_at, spool_id))
+            destination(integration).add(Item(seq, body, event.accepted_at, spool_id))
             self._buffered_events += 1
             self._buffered_bytes += len(body)
             self._event_bytes_estimate += (len(body) - self._event_bytes_estimate) // 64
-
-    def _destination(self, integration: OdpIntegration) -> Destination:
-        dest = self._destinations.get(integration)
-        if dest is None:
-            dest = self._destinations[integration] = Destination(integration)
-        return dest
 
     def _run_sender(self) -> None:
         while True:
@@ -381,54 +359,21 @@ class BatchEventManager(EventManager):
 
     # -- outcomes (called with the lock held) -------------------------------------------------
     def _complete(self, batch: Batch, outcome: Outcome) -> None:
-        self._in_flight.pop(batch.id, None)
-        self._in_flight_events -= len(batch.items)
-        self._counts["requests"] += 1
-        dest = self._destination(batch.destination)
-        dest.in_flight -= 1
-        kind = outcome.kind
-        if kind is OutcomeKind.DELIVERED:
-            dest.failures = 0
-            dest.not_before = 0.0
-            dest.unauthorized = False
-            self._counts["batches_sent"] += 1
-            self._counts["delivered"] += len(batch.items)
+        """The retry rules (the ledger's), then this manager's part: spool rows and capacity of
+        resolved events, a 401 batch re-keyed to the key now in force, the retry warning."""
+        current = self._current_integration
+        done = self._ledger.complete(batch, outcome, self.logger, new_key=current)
+        if done.resolved:
             self._release(batch.items)
             self._changed.notify_all()
-            self._notify(notifications.ODP_BATCH_DELIVERED, batch.destination.host, len(batch.items),
-                         outcome.status)
-            return
-        if kind is OutcomeKind.REJECTED and len(batch.items) > 1:
-            first, second = batch.split()
-            dest.ready_batches.appendleft(second)
-            dest.ready_batches.appendleft(first)
-            self.logger.debug(f"ODP refused a batch of {len(batch.items)} ({outcome.detail}); splitting it.")
-            return
-        if kind in (OutcomeKind.REJECTED, OutcomeKind.FAILED):
-            self.logger.error(
-                f"ODP refused {len(batch.items)} event(s) for good ({outcome.detail}); they are dropped."
-            )
-            self._resolve_dropped(batch.items, DiscardReason.REJECTED)
-            return
-        current = self._current_integration
-        if kind is OutcomeKind.UNAUTHORIZED and current is not None and current != batch.destination:
+        elif done.fate is Fate.MOVE and current is not None:
             self._move_to(current, batch.items)  # a new key arrived while this batch was out
-            return
-        # RETRY or UNAUTHORIZED: keep the events, back off this destination.
-        dest.failures += 1
-        dest.unauthorized = kind is OutcomeKind.UNAUTHORIZED
-        delay = backoff_delay(dest.failures, self.settings.retry_initial_backoff,
-                              self.settings.retry_max_backoff, outcome.retry_after)
-        dest.not_before = time.monotonic() + delay
-        dest.ready_batches.appendleft(batch)
-        self._counts["retried"] += len(batch.items)
-        message = (f"ODP request failed ({outcome.detail}); {len(batch.items)} events kept, "
-                   f"retry #{dest.failures} in {delay:.2f}s.")
-        if dest.unauthorized:
-            message += f" The key {mask_key(batch.destination.api_key)} is refused: waiting for a new one."
-        self.logger.warning(message)
-        self._notify(notifications.ODP_BATCH_FAILED, batch.destination.host, len(batch.items),
-                     outcome.status, delay)
+        elif done.fate is Fate.RETRY:
+            message = (f"ODP request failed ({outcome.detail}); {len(batch.items)} events kept, "
+                       f"retry #{done.dest.failures} in {done.delay:.2f}s.")
+            if done.dest.unauthorized:
+                message += f" The key {mask_key(batch.destination.api_key)} is refused: waiting for a new one."
+            self.logger.warning(message)
 
     def _release(self, items: list[Item]) -> None:
         """Items are resolved for good (delivered or dropped): forget them, here and in the
@@ -441,15 +386,14 @@ class BatchEventManager(EventManager):
     def _resolve_dropped(self, items: list[Item], reason: DiscardReason) -> None:
         if not items:
             return
-        self._dropped[reason.value] += len(items)
+        self._ledger.drop(items, reason)
         self._release(items)
         self._changed.notify_all()
-        self._notify(notifications.ODP_EVENTS_DROPPED, reason.value, len(items))
 
     def _expire(self, now: float) -> None:
         self._last_expiry_check = now
         cutoff = now - self.settings.max_event_age
-        for dest in self._destinations.values():
+        for dest in self._ledger.destinations.values():
             expired = dest.take_older_than(cutoff)
             if expired:
                 self.logger.error(
@@ -459,19 +403,14 @@ class BatchEventManager(EventManager):
                 self._resolve_dropped(expired, DiscardReason.EXPIRED)
 
     def _oldest_unresolved(self) -> int | None:
-        seqs = [batch.min_seq for batch in self._in_flight.values()]
-        seqs += [s for s in (d.min_seq() for d in self._destinations.values()) if s is not None]
-        if self._incoming:
-            seqs.append(self._next_seq)
-        return min(seqs) if seqs else None
+        oldest = self._ledger.oldest_unresolved()
+        if self._incoming and (oldest is None or self._next_seq < oldest):
+            return self._next_seq
+        return oldest
 
     def _undelivered(self) -> int:
         with self._lock:
             return self._buffered_events + len(self._incoming)
-
-    def _notify(self, kind: str, *args: Any) -> None:
-        if self.notification_center is not None:
-            self._notes.append((kind, args))
 
     def _delete_from_spool(self, rowids: list[int]) -> None:
         assert self._spool is not None
@@ -484,8 +423,7 @@ class BatchEventManager(EventManager):
 
     def _take_notes(self) -> list[notifications.Note]:
         """The notifications collected under the lock, to fire once it is released."""
-        notes, self._notes = self._notes, []
-        return notes
+        return self._ledger.take_notes()
 
     def _fire(self, notes: list[notifications.Note]) -> None:
         notifications.fire(self.notification_center, notes)

@@ -1,8 +1,9 @@
 """Where accepted events wait, per destination, and how they are cut into batches.
 
-Pure data structures, no threads and no I/O: the :class:`BatchEventManager` drives
-them under its lock. Events are kept as encoded JSON so memory is counted in bytes
-and a retried event is sent byte for byte (same idempotence id) every time.
+Pure data structures, no threads and no I/O: the event managers drive them, through
+their :class:`~optimizely_odp_ext.managers.ledger.DeliveryLedger`, under their lock.
+Events are kept as encoded JSON so memory is counted in bytes and a retried event is
+sent byte for byte (same idempotence id) every time.
 """
 
 from __future__ import annotations

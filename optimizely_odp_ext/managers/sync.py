@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import Counter
 from typing import Any, Literal
 
 from optimizely_odp_ext import notifications
@@ -38,9 +37,9 @@ from optimizely_odp_ext.event import OdpEvent
 from optimizely_odp_ext.integration import OdpIntegration, mask_key
 from optimizely_odp_ext.managers import lifecycle
 from optimizely_odp_ext.managers.base import EventManager
-from optimizely_odp_ext.managers.batching import Batch, Destination, Item
+from optimizely_odp_ext.managers.batching import Batch, Item
+from optimizely_odp_ext.managers.ledger import DeliveryLedger, Fate
 from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
-from optimizely_odp_ext.retry import backoff_delay
 from optimizely_odp_ext.settings import ManagerSettings, SettingError
 from optimizely_odp_ext.transport import Outcome, OutcomeKind, Transport
 
@@ -89,15 +88,11 @@ class SyncEventManager(EventManager):
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         """Notified when a request ends and when close() starts."""
-        self._destinations: dict[OdpIntegration, Destination] = {}
-        self._in_flight: dict[int, Batch] = {}
+        self._ledger = DeliveryLedger(self.settings)
+        """Destinations, batches in flight, counters and notifications (under the lock)."""
         self._held = 0
         """Accepted events not yet delivered or dropped (buffered or in flight)."""
-        self._in_flight_events = 0
         self._next_seq = 0
-        self._counts: Counter[str] = Counter()
-        self._dropped: Counter[str] = Counter()
-        self._notes: list[notifications.Note] = []
         self._transport = Transport(self.settings.request_timeout, pool_size=10)
 
     def start(self, *, logger: Any, notification_center: Any, integration: OdpIntegration | None) -> None:
@@ -128,11 +123,11 @@ class SyncEventManager(EventManager):
             closed, full = self._closed, self._held >= self.settings.max_queue_events
             if not (closed or full):
                 self._held += 1
-                dest = self._destination(integration)
+                dest = self._ledger.destination(integration)
                 dest.add(Item(self._next_seq, body, event.accepted_at))
                 self._next_seq += 1
                 if self.mode == "per_call":
-                    batch = self._take(dest, time.monotonic())
+                    batch = self._ledger.take_batch(dest, time.monotonic(), 0.0, flushing=True)
         if closed:
             return self._refuse(DiscardReason.CLOSED, "ODP event manager is closed; event discarded.")
         if full:
@@ -162,12 +157,13 @@ class SyncEventManager(EventManager):
         limit = self.settings.close_timeout if timeout is None else timeout
         delivered = self._flush(time.monotonic() + max(0.0, limit), final=True)
         with self._lock:
-            left = [item for dest in self._destinations.values() for item in dest.take_all()]
-            in_flight = self._in_flight_events
-            self._drop(left, DiscardReason.SHUTDOWN)
+            left = self._ledger.take_all()
+            in_flight = self._ledger.in_flight_events
+            self._ledger.drop(left, DiscardReason.SHUTDOWN)
+            self._held -= len(left)
             self._close_result = delivered and not left and not in_flight
             self._finished = True
-            notes, self._notes = self._notes, []
+            notes = self._ledger.take_notes()
         notifications.fire(self.notification_center, notes)
         if left or in_flight:
             self.logger.error(f"ODP event manager closed with {len(left) + in_flight} events undelivered "
@@ -179,31 +175,19 @@ class SyncEventManager(EventManager):
     def stats(self) -> dict[str, Any]:
         """A snapshot of the counters. Non-blocking; thread-safe."""
         with self._lock:
-            return {
-                "accepted": self._next_seq,
-                "delivered": self._counts["delivered"],
-                "retried": self._counts["retried"],
-                "dropped": dict(self._dropped),
-                "dropped_total": sum(self._dropped.values()),
-                "queued": self._held - self._in_flight_events,
-                "in_flight": self._in_flight_events,
-                "batches_sent": self._counts["batches_sent"],
-                "requests": self._counts["requests"],
-            }
+            return self._ledger.stats(accepted=self._next_seq, queued=self._held - self._ledger.in_flight_events)
 
     def integration_changed(self, integration: OdpIntegration | None) -> None:
         """Events held back by a refused key (401/403) move to the new key. Non-blocking."""
         if integration is None:
             return
         with self._lock:
-            for old, dest in list(self._destinations.items()):
-                if dest.unauthorized and old != integration and dest.has_work():
-                    moved = dest.take_all()
-                    target = self._destination(integration)
-                    for item in sorted(moved):
-                        target.add(item)
-                    self.logger.info(f"ODP: {len(moved)} events refused with key {mask_key(old.api_key)} "
-                                     f"move to key {mask_key(integration.api_key)}.")
+            for old, moved in self._ledger.take_refused(integration):
+                target = self._ledger.destination(integration)
+                for item in sorted(moved):
+                    target.add(item)
+                self.logger.info(f"ODP: {len(moved)} events refused with key {mask_key(old.api_key)} "
+                                 f"move to key {mask_key(integration.api_key)}.")
 
     # -- internals ---------------------------------------------------------------------------
     def _flush(self, deadline: float | None, final: bool) -> bool:
@@ -213,13 +197,13 @@ class SyncEventManager(EventManager):
             with self._lock:
                 if self._closed and not final:  # close() decides what becomes of the rest
                     return self._finished and self._close_result
-                oldest = self._oldest()
+                oldest = self._ledger.oldest_unresolved()
                 if oldest is None or oldest >= target:
                     return True
                 now = time.monotonic()
                 batch, due = None, None
-                for dest in list(self._destinations.values()):
-                    batch = self._take(dest, now)
+                for dest in list(self._ledger.destinations.values()):
+                    batch = self._ledger.take_batch(dest, now, 0.0, flushing=True)
                     if batch is not None:
                         break
                     if dest.has_work() and dest.in_flight == 0:
@@ -232,18 +216,6 @@ class SyncEventManager(EventManager):
                     continue
             self._post(batch)
 
-    def _take(self, dest: Destination, now: float) -> Batch | None:
-        """The next batch of ``dest`` if it may send now, marked in flight. Lock held."""
-        if not dest.can_send(now):
-            return None
-        s = self.settings
-        batch = dest.next_batch(now, 0.0, s.batch_size, s.max_batch_bytes, flushing=True)
-        if batch is not None:
-            dest.in_flight += 1
-            self._in_flight[batch.id] = batch
-            self._in_flight_events += len(batch.items)
-        return batch
-
     def _post(self, batch: Batch) -> None:
         """One POST, without the lock; then record its outcome and notify listeners."""
         batch.attempts += 1
@@ -253,70 +225,26 @@ class SyncEventManager(EventManager):
             outcome = Outcome(OutcomeKind.RETRY, detail=f"unexpected error: {type(error).__name__}")
         with self._lock:
             self._complete(batch, outcome)
-            notes, self._notes = self._notes, []
+            notes = self._ledger.take_notes()
         notifications.fire(self.notification_center, notes)
 
     def _complete(self, batch: Batch, outcome: Outcome) -> None:
-        """Apply the retry rules of :mod:`optimizely_odp_ext.retry` to one outcome. Lock held."""
-        count, host, kind = len(batch.items), batch.destination.host, outcome.kind
-        self._in_flight.pop(batch.id, None)
-        self._in_flight_events -= count
-        self._counts["requests"] += 1
-        dest = self._destination(batch.destination)
-        dest.in_flight -= 1
-        if kind is OutcomeKind.DELIVERED:
-            dest.failures, dest.not_before, dest.unauthorized = 0, 0.0, False
-            self._counts["batches_sent"] += 1
-            self._counts["delivered"] += count
-            self._held -= count
-            self._note(notifications.ODP_BATCH_DELIVERED, host, count, outcome.status)
-        elif kind is OutcomeKind.FAILED or (kind is OutcomeKind.REJECTED and count == 1):
-            self.logger.error(f"ODP refused {count} event(s) for good ({outcome.detail}); they are dropped.")
-            self._drop(batch.items, DiscardReason.REJECTED)
-        elif self._finished:
-            self._drop(batch.items, DiscardReason.SHUTDOWN)
-        elif kind is OutcomeKind.REJECTED:
-            self.logger.debug(f"ODP refused a batch of {count} ({outcome.detail}); splitting it.")
-            dest.ready_batches.extendleft(reversed(batch.split()))
-        else:  # RETRY or UNAUTHORIZED: keep the events, back off this destination
-            dest.failures += 1
-            dest.unauthorized = kind is OutcomeKind.UNAUTHORIZED
-            s = self.settings
-            delay = backoff_delay(dest.failures, s.retry_initial_backoff, s.retry_max_backoff, outcome.retry_after)
-            dest.not_before = time.monotonic() + delay
-            dest.ready_batches.appendleft(batch)
-            self._counts["retried"] += count
-            self.logger.warning(f"ODP request failed ({outcome.detail}); {count} events kept for a retry "
-                                f"in {delay:.2f}s or later.")
-            self._note(notifications.ODP_BATCH_FAILED, host, count, outcome.status, delay)
+        """Apply the retry rules of :mod:`optimizely_odp_ext.retry` to one outcome; once close()
+        gave up, what would be kept is dropped (``shutdown``). Lock held."""
+        done = self._ledger.complete(batch, outcome, self.logger, keep=not self._finished)
+        if done.resolved:
+            self._held -= len(batch.items)
+        elif done.fate is Fate.RETRY:
+            self.logger.warning(f"ODP request failed ({outcome.detail}); {len(batch.items)} events kept for a "
+                                f"retry in {done.delay:.2f}s or later.")
+        dest = done.dest
         if not dest.has_work() and dest.in_flight == 0 and dest.failures == 0:
-            del self._destinations[dest.integration]
+            del self._ledger.destinations[dest.integration]
         self._changed.notify_all()
-
-    def _destination(self, integration: OdpIntegration) -> Destination:
-        dest = self._destinations.get(integration)
-        if dest is None:
-            dest = self._destinations[integration] = Destination(integration)
-        return dest
-
-    def _oldest(self) -> int | None:
-        seqs = [batch.min_seq for batch in self._in_flight.values()]
-        seqs += [s for s in (d.min_seq() for d in self._destinations.values()) if s is not None]
-        return min(seqs) if seqs else None
-
-    def _drop(self, items: list[Item], reason: DiscardReason) -> None:
-        if items:
-            self._dropped[reason.value] += len(items)
-            self._held -= len(items)
-            self._note(notifications.ODP_EVENTS_DROPPED, reason.value, len(items))
-
-    def _note(self, kind: str, *args: Any) -> None:
-        if self.notification_center is not None:
-            self._notes.append((kind, args))
 
     def _refuse(self, reason: DiscardReason, message: str) -> SendResult:
         with self._lock:
-            self._dropped[reason.value] += 1
+            self._ledger.dropped[reason.value] += 1
         self.logger.warning(message)
         return SendResult.discarded(reason, message)
 
