@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import queue
+import re
 import resource
 import shlex
 import subprocess
@@ -43,7 +44,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -523,6 +524,59 @@ def render(results: list[tuple[Scenario, dict[str, Run]]], info: dict[str, str],
     return "\n".join(out)
 
 
+# ============================================================================ RESULTS.md sections
+# RESULTS.md is shared: this script owns what lies between <!-- bench:start --> and <!-- bench:end -->,
+# benchmarks/soak.py what lies between <!-- soak:start --> and <!-- soak:end -->. Each replaces only its own.
+
+_ANY_SECTION_START = re.compile(r"<!-- [\w-]+:start -->")
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def section_text(text: str, name: str) -> str | None:
+    """What lies between the markers of section ``name`` in ``text`` (stripped), None if absent."""
+    start, end = _markers(name)
+    i = text.find(start)
+    j = text.find(end, i + len(start)) if i != -1 else -1
+    return None if j == -1 else text[i + len(start):j].strip("\n")
+
+
+def replace_section(text: str, name: str, content: str, first: bool = False) -> str:
+    """``text`` with section ``name`` holding ``content``; everything outside its markers is kept.
+    A missing section is added at the end (at the top with ``first``)."""
+    start, end = _markers(name)
+    body = content.strip("\n")
+    block = f"{start}\n{body}\n{end}"
+    i = text.find(start)
+    j = text.find(end, i + len(start)) if i != -1 else -1
+    if j != -1:
+        return text[:i] + block + text[j + len(end):]
+    if not text.strip():
+        return block + "\n"
+    return block + "\n\n" + text.lstrip("\n") if first else text.rstrip("\n") + "\n\n" + block + "\n"
+
+
+def update_results_section(path: Path, name: str, make: Callable[[str | None], str], first: bool = False) -> None:
+    """Replace section ``name`` of ``path`` with ``make(its current content or None)``, under an
+    exclusive lock on the file (two scripts may write at once). Without bench markers, the text
+    before the first section was written whole by an older bench.py: the bench section replaces it."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    with os.fdopen(fd, "r+", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        text = handle.read()
+        if name == "bench" and section_text(text, name) is None:
+            legacy = _ANY_SECTION_START.search(text)
+            text = text[legacy.start():] if legacy else ""
+        updated = replace_section(text, name, make(section_text(text, name)), first)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(updated)
+
+
 # ============================================================================ main
 
 
@@ -599,7 +653,8 @@ def main(argv: list[str] | None = None) -> int:
         if draw_chart(results, args.chart, date):
             chart = os.path.relpath(args.chart, args.results.parent)
             print(f"wrote {args.chart}", file=sys.stderr)
-        args.results.write_text(render(results, info, command, date, chart, elapsed, args.quick))
+        content = render(results, info, command, date, chart, elapsed, args.quick)
+        update_results_section(args.results, "bench", lambda _old: content, first=True)
         print(f"wrote {args.results}", file=sys.stderr)
     print(f"whole run: {elapsed:.0f} s", file=sys.stderr)
     return 0
