@@ -11,6 +11,9 @@
 - Anything else (404, a bad URL, ...): the batch is dropped (``rejectedByServer``).
 - While a destination is failing, one request at a time probes it; the first success
   restores full speed.
+- A flush or close cuts a backoff short: it tries each destination at once, and while it
+  waits retries come at most :data:`HURRIED_BACKOFF` apart (a ``Retry-After`` still wins),
+  so a long backoff never outlasts ``close_timeout`` while ODP is back.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from __future__ import annotations
 import random
 
 _random = random.Random()
+
+HURRIED_BACKOFF = 1.0
+"""The longest wait between two retries while a flush or close is waiting, in seconds."""
 
 MAX_RETRY_AFTER = 600.0
 """The longest ``Retry-After`` honoured, in seconds."""

@@ -176,6 +176,29 @@ def test_notifications_for_delivered_failed_and_dropped(make_client: ClientFacto
     assert heard["dropped"] == [("rejectedByServer", 1)]
 
 
+def test_close_does_not_wait_out_a_long_backoff_once_odp_is_back(make_client: ClientFactory,
+                                                                collector: OdpCollector) -> None:
+    manager = BatchEventManager(retry_initial_backoff=60, retry_max_backoff=60)
+    client = make_client(odp_event_manager=manager)
+    collector.respond_with(503, times=1)
+    send_many(client, 5)
+    assert collector.wait_for_requests(1)
+    started = time.monotonic()
+    client.close(timeout=10)
+    assert time.monotonic() - started < 5, "close tried again at once instead of in a minute"
+    assert collector.event_count() == 5 and manager.stats()["dropped_total"] == 0
+
+
+def test_flush_keeps_a_retry_after_from_the_server(make_client: ClientFactory, collector: OdpCollector) -> None:
+    client = make_client(odp_event_manager=BatchEventManager(**FAST_RETRY))
+    collector.respond_with(429, times=1, retry_after="30")
+    send_many(client, 3)
+    assert collector.wait_for_requests(1)
+    assert client.flush(0.5) is False, "the server asked for 30 s; a flush does not cut that short"
+    assert collector.request_count() == 1
+    client.close(timeout=0.1)
+
+
 def test_close_gives_up_within_its_bound_and_reports_what_was_left(make_client: ClientFactory,
                                                                   collector: OdpCollector,
                                                                   caplog: pytest.LogCaptureFixture) -> None:

@@ -168,6 +168,7 @@ class BatchEventManager(EventManager):
             if not self._started and not self._incoming:
                 return True
             self._flush_requests += 1
+            self._ledger.hurry(time.monotonic())
         try:
             self._wake.set()
             with self._lock:
@@ -233,20 +234,8 @@ class BatchEventManager(EventManager):
             self._current_integration = integration
             if integration is None:
                 return
-            for _old, items in self._ledger.take_refused(integration):
-                self._move_to(integration, items)
+            self._ledger.move_refused(integration, self.logger)
         self._wake.set()
-
-    def _move_to(self, integration: OdpIntegration, items: list[Item]) -> None:
-        """Re-home events whose key was refused (lock held). They go as ready batches, so the
-        new destination's pending queue stays in acceptance order."""
-        target = self._ledger.destination(integration)
-        items.sort()
-        size = self.settings.batch_size
-        for start in range(0, len(items), size):
-            target.ready_batches.append(Batch(integration, items[start:start + size]))
-        self.logger.info(f"ODP: {len(items)} events refused with an old key move to key "
-                         f"{mask_key(integration.api_key)}.")
 
     # -- threads -----------------------------------------------------------------------------
     def _start_threads(self) -> None:
@@ -362,12 +351,13 @@ class BatchEventManager(EventManager):
         """The retry rules (the ledger's), then this manager's part: spool rows and capacity of
         resolved events, a 401 batch re-keyed to the key now in force, the retry warning."""
         current = self._current_integration
-        done = self._ledger.complete(batch, outcome, self.logger, new_key=current)
+        done = self._ledger.complete(batch, outcome, self.logger, new_key=current,
+                                     hurry=self._flush_requests > 0 or self._closed)
         if done.resolved:
             self._release(batch.items)
             self._changed.notify_all()
         elif done.fate is Fate.MOVE and current is not None:
-            self._move_to(current, batch.items)  # a new key arrived while this batch was out
+            self._ledger.move(current, batch.items, self.logger)  # a new key arrived while this batch was out
         elif done.fate is Fate.RETRY:
             message = (f"ODP request failed ({outcome.detail}); {len(batch.items)} events kept, "
                        f"retry #{done.dest.failures} in {done.delay:.2f}s.")

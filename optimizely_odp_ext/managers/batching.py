@@ -71,6 +71,8 @@ class Destination:
     failures: int = 0
     """Consecutive failed attempts; while > 0 only one request at a time probes the server."""
     not_before: float = 0.0
+    server_wait_until: float = 0.0
+    """Until when the server asked us to wait (``Retry-After``); a flush does not cut that short."""
     unauthorized: bool = False
 
     def has_work(self) -> bool:

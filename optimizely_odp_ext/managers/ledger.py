@@ -13,10 +13,10 @@ from enum import Enum
 from typing import Any, NamedTuple
 
 from optimizely_odp_ext import notifications
-from optimizely_odp_ext.integration import OdpIntegration
+from optimizely_odp_ext.integration import OdpIntegration, mask_key
 from optimizely_odp_ext.managers.batching import Batch, Destination, Item
 from optimizely_odp_ext.result import DiscardReason
-from optimizely_odp_ext.retry import backoff_delay
+from optimizely_odp_ext.retry import HURRIED_BACKOFF, backoff_delay
 from optimizely_odp_ext.settings import ManagerSettings
 from optimizely_odp_ext.transport import Outcome, OutcomeKind
 
@@ -86,13 +86,15 @@ class DeliveryLedger:
         return batch
 
     def complete(self, batch: Batch, outcome: Outcome, logger: Any, *, keep: bool = True,
-                 new_key: OdpIntegration | None = None) -> Completion:
+                 new_key: OdpIntegration | None = None, hurry: bool = False) -> Completion:
         """Apply the retry rules of :mod:`optimizely_odp_ext.retry` to the outcome of ``batch``.
 
         ``keep=False``: the manager gave up on what is left, so what would be split or retried is
         dropped (``shutdown``) instead. ``new_key``: the key in force; a 401/403 for another key
         returns :attr:`Fate.MOVE` without touching the destination's retry state. The manager
         forgets the events of a :attr:`~Completion.resolved` batch and logs a retry its own way.
+        ``hurry``: a flush or close is waiting, so a retry waits at most :data:`HURRIED_BACKOFF`
+        (unless the server asked for longer with ``Retry-After``).
         """
         count, kind = len(batch.items), outcome.kind
         self.in_flight.pop(batch.id, None)
@@ -124,7 +126,11 @@ class DeliveryLedger:
         dest.unauthorized = kind is OutcomeKind.UNAUTHORIZED
         s = self.settings
         delay = backoff_delay(dest.failures, s.retry_initial_backoff, s.retry_max_backoff, outcome.retry_after)
-        dest.not_before = time.monotonic() + delay
+        if hurry and outcome.retry_after is None:
+            delay = min(delay, HURRIED_BACKOFF)
+        now = time.monotonic()
+        dest.not_before = now + delay
+        dest.server_wait_until = now + delay if outcome.retry_after is not None else 0.0
         dest.ready_batches.appendleft(batch)
         self.counts["retried"] += count
         self.note(notifications.ODP_BATCH_FAILED, batch.destination.host, count, outcome.status, delay)
@@ -149,10 +155,28 @@ class DeliveryLedger:
         """Remove and return every event waiting at a destination (not those in flight)."""
         return [item for dest in self.destinations.values() for item in dest.take_all()]
 
-    def take_refused(self, integration: OdpIntegration) -> list[tuple[OdpIntegration, list[Item]]]:
-        """Remove and return, per refused key (401/403) other than ``integration``, its waiting events."""
-        return [(old, dest.take_all()) for old, dest in list(self.destinations.items())
-                if dest.unauthorized and old != integration and dest.has_work()]
+    def move_refused(self, integration: OdpIntegration, logger: Any) -> None:
+        """Events waiting behind a refused key (401/403) other than ``integration`` move to it."""
+        for old, dest in list(self.destinations.items()):
+            if dest.unauthorized and old != integration and dest.has_work():
+                self.move(integration, dest.take_all(), logger)
+
+    def move(self, integration: OdpIntegration, items: list[Item], logger: Any) -> None:
+        """Re-home events whose key was refused. They go as ready batches, so the new
+        destination's pending queue stays in acceptance order (flush() relies on it)."""
+        target = self.destination(integration)
+        items = sorted(items)
+        size = self.settings.batch_size
+        for start in range(0, len(items), size):
+            target.ready_batches.append(Batch(integration, items[start:start + size]))
+        logger.info(f"ODP: {len(items)} events refused with an old key move to key "
+                    f"{mask_key(integration.api_key)}.")
+
+    def hurry(self, now: float) -> None:
+        """A flush or close is waiting: every destination may be tried at once, unless the
+        server itself asked for a later time (``Retry-After``)."""
+        for dest in self.destinations.values():
+            dest.not_before = max(min(dest.not_before, now), dest.server_wait_until)
 
     def oldest_unresolved(self) -> int | None:
         """The lowest ``seq`` still in flight or waiting (None: nothing is), for flush()."""

@@ -34,7 +34,7 @@ from typing import Any, Literal
 
 from optimizely_odp_ext import notifications
 from optimizely_odp_ext.event import OdpEvent
-from optimizely_odp_ext.integration import OdpIntegration, mask_key
+from optimizely_odp_ext.integration import OdpIntegration
 from optimizely_odp_ext.managers import lifecycle
 from optimizely_odp_ext.managers.base import EventManager
 from optimizely_odp_ext.managers.batching import Batch, Item
@@ -93,6 +93,8 @@ class SyncEventManager(EventManager):
         self._held = 0
         """Accepted events not yet delivered or dropped (buffered or in flight)."""
         self._next_seq = 0
+        self._flushing = 0
+        """Flushes (and a close) under way: retries within them are not left to wait long."""
         self._transport = Transport(self.settings.request_timeout, pool_size=10)
 
     def start(self, *, logger: Any, notification_center: Any, integration: OdpIntegration | None) -> None:
@@ -182,17 +184,21 @@ class SyncEventManager(EventManager):
         if integration is None:
             return
         with self._lock:
-            for old, moved in self._ledger.take_refused(integration):
-                target = self._ledger.destination(integration)
-                for item in sorted(moved):
-                    target.add(item)
-                self.logger.info(f"ODP: {len(moved)} events refused with key {mask_key(old.api_key)} "
-                                 f"move to key {mask_key(integration.api_key)}.")
+            self._ledger.move_refused(integration, self.logger)
 
     # -- internals ---------------------------------------------------------------------------
     def _flush(self, deadline: float | None, final: bool) -> bool:
         with self._lock:
             target = self._next_seq
+            self._flushing += 1
+            self._ledger.hurry(time.monotonic())
+        try:
+            return self._flush_until(target, deadline, final)
+        finally:
+            with self._lock:
+                self._flushing -= 1
+
+    def _flush_until(self, target: int, deadline: float | None, final: bool) -> bool:
         while True:
             with self._lock:
                 if self._closed and not final:  # close() decides what becomes of the rest
@@ -231,7 +237,8 @@ class SyncEventManager(EventManager):
     def _complete(self, batch: Batch, outcome: Outcome) -> None:
         """Apply the retry rules of :mod:`optimizely_odp_ext.retry` to one outcome; once close()
         gave up, what would be kept is dropped (``shutdown``). Lock held."""
-        done = self._ledger.complete(batch, outcome, self.logger, keep=not self._finished)
+        done = self._ledger.complete(batch, outcome, self.logger, keep=not self._finished,
+                                     hurry=self._flushing > 0)
         if done.resolved:
             self._held -= len(batch.items)
         elif done.fate is Fate.RETRY:

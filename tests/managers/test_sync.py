@@ -120,6 +120,7 @@ def test_per_call_backoff_spares_the_caller_and_events_count_against_capacity(
     refused = client.send_odp_event("c", {"fs_user_id": "u"})
     assert not refused and refused.reason is DiscardReason.QUEUE_FULL
     assert manager.stats()["dropped"] == {"queueFull": 1}
+    client.close(timeout=0.1)  # ODP stays down: don't spend the fixture's close timeout retrying
 
 
 def test_per_call_poison_event_is_dropped_and_counted_send_still_accepted(
@@ -275,7 +276,7 @@ def test_close_cuts_short_a_flush_waiting_out_a_backoff(make_client: ClientFacto
     manager = SyncEventManager(retry_initial_backoff=5, retry_max_backoff=5)
     client = make_client(odp_event_manager=manager)
     client.send_odp_event("a", {"fs_user_id": "u"})
-    collector.respond_with(503, times=1)
+    collector.respond_with(503)  # and it stays down
     outcome: list[bool] = []
     flusher = threading.Thread(target=lambda: outcome.append(manager.flush(30)))
     flusher.start()
@@ -284,7 +285,18 @@ def test_close_cuts_short_a_flush_waiting_out_a_backoff(make_client: ClientFacto
     manager.close(0.5)
     flusher.join(10)
     assert outcome == [False] and time.monotonic() - started < 3
-    assert manager.stats()["dropped"] == {"shutdown": 1}, "close kept its own timeout; the backoff outlasted it"
+    assert manager.stats()["dropped"] == {"shutdown": 1}, "close kept its own timeout"
+
+
+def test_a_flush_tries_at_once_instead_of_waiting_out_a_long_backoff(make_client: ClientFactory,
+                                                                     collector: OdpCollector) -> None:
+    manager = SyncEventManager(retry_initial_backoff=60, retry_max_backoff=60)
+    client = make_client(odp_event_manager=manager)
+    client.send_odp_event("a", {"fs_user_id": "u"})
+    collector.respond_with(503, times=1)
+    assert manager.flush(0.2) is False  # failed once; the next try would be a minute away
+    assert manager.flush(5), "ODP is back: the next flush does not wait out the minute"
+    assert collector.event_count() == 1
 
 
 def test_events_refused_with_a_bad_key_move_to_the_new_key(collector: OdpCollector) -> None:
