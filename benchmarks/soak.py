@@ -517,16 +517,14 @@ def scenario_outage(args: argparse.Namespace) -> Report:
         notes.append(f"- First event of {label} accepted after the collector recovered (t={outage_end:g} s): "
                      + ("none" if moment is None else f"t={moment - t0:.1f} s ({moment - t0 - outage_end:.1f} s "
                         "after the recovery)") + ".")
-    risk, median, worst = close_risk(args.outage_start, outage_end, args.duration)
+    from optimizely_odp_ext.retry import HURRIED_BACKOFF
+
     notes.append(
         "- Ours after an outage: while ODP fails, one request at a time probes it with exponential backoff "
-        "(0.5 s doubling, ×0.5–1 jitter, capped at 30 s), so the first probe after the recovery can come up "
-        "to ~30 s later; `flush()`/`close()` wait for it but do not cut the backoff short, and `close()` waits "
-        "only `close_timeout` (10 s): if that probe falls after the close deadline, every event still queued is "
-        "dropped (`shutdown`). For this schedule (503 from t="
-        f"{args.outage_start:g} s to t={outage_end:g} s, close() at t={args.duration:g} s), simulating "
-        f"`retry.backoff_delay` with the default settings gives the first successful probe at t≈{median:.1f} s "
-        f"(median; worst of 20,000 draws t≈{worst:.0f} s), after the close deadline in **{risk:.1%}** of runs."
+        "(0.5 s doubling, ×0.5–1 jitter, capped at 30 s), so without a flush the first delivery after the "
+        "recovery can come up to ~30 s later. `flush()` and `close()` try at once and then at most "
+        f"{HURRIED_BACKOFF:g} s apart (`retry.HURRIED_BACKOFF`), so `close()` never outwaits a recovered ODP. "
+        "(Before that rule, a probe due after close()'s deadline made close() drop the backlog: 2 runs in 30.)"
     )
     if report.ours_lost:
         notes.append(f"- **Ours lost {report.ours_lost:,} events.** Dropped reasons reported by odp_stats: "
@@ -563,29 +561,6 @@ def outage_runs(args: argparse.Namespace) -> Report:
         f"{sum(run.sent['ours'] for run in runs):,} sent in all); the official lost "
         f"{min(official_share):.1%}–{max(official_share):.1%} per run.")
     return report
-
-
-def close_risk(outage_start: float, outage_end: float, close_at: float, trials: int = 20_000,
-               seed: int = 1) -> tuple[float, float, float]:
-    """Simulate ours' probing during the outage with the real backoff and default settings: the
-    share of runs whose first successful request comes after ``close()``'s deadline, the median and
-    the worst time of that request."""
-    from optimizely_odp_ext.retry import backoff_delay
-    from optimizely_odp_ext.settings import ManagerSettings
-
-    settings = ManagerSettings.resolve({}, environ={})
-    rng = random.Random(seed)
-    deadline = close_at + settings.close_timeout
-    times: list[float] = []
-    for _ in range(trials):
-        t = outage_start + rng.random() * settings.flush_interval  # the first batch that meets the 503s
-        failures = 0
-        while t < outage_end:
-            failures += 1
-            t += backoff_delay(failures, settings.retry_initial_backoff, settings.retry_max_backoff, rng=rng)
-        times.append(t)
-    times.sort()
-    return sum(t > deadline for t in times) / trials, times[trials // 2], times[-1]
 
 
 def _outage_sample(now: float, children: list[Child], tracker: Tracker, outage_end: float,
