@@ -56,6 +56,7 @@ class Transport:
         self.session.mount("http://", adapter)
 
     def send(self, integration: OdpIntegration, body: bytes) -> Outcome:
+        """POST one batch; never raises: every failure is an :class:`Outcome`."""
         headers = {"content-type": "application/json", "x-api-key": integration.api_key}
         try:
             response = self.session.post(integration.events_url, data=body, headers=headers,
@@ -65,6 +66,8 @@ class Transport:
             return Outcome(OutcomeKind.RETRY, detail=f"network error: {type(error).__name__}")
         except requests.RequestException as error:
             return Outcome(OutcomeKind.FAILED, detail=f"request failed: {type(error).__name__}: {error}")
+        except Exception as error:  # not requests' own: keep the events and try again later
+            return Outcome(OutcomeKind.RETRY, detail=f"unexpected error: {type(error).__name__}: {error}")
         return classify(response.status_code, text, response.headers.get("retry-after"))
 
     def close(self) -> None:

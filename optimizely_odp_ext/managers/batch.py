@@ -27,7 +27,7 @@ from optimizely_odp_ext.managers.ledger import DeliveryLedger, Fate
 from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
 from optimizely_odp_ext.settings import ManagerSettings
 from optimizely_odp_ext.spool import SpoolError, SqliteSpool
-from optimizely_odp_ext.transport import Outcome, OutcomeKind, Transport
+from optimizely_odp_ext.transport import Outcome, Transport
 
 ENCODE_CHUNK = 500
 """Events encoded per hold of the lock: outcomes never wait long for it, and full batches
@@ -336,10 +336,7 @@ class BatchEventManager(EventManager):
             if batch is None:
                 return
             batch.attempts += 1
-            try:
-                outcome = self._transport.send(batch.destination, batch.body())
-            except Exception as error:  # the transport translates errors; this is a safety net
-                outcome = Outcome(OutcomeKind.RETRY, detail=f"unexpected error: {type(error).__name__}")
+            outcome = self._transport.send(batch.destination, batch.body())
             with self._lock:
                 self._complete(batch, outcome)
                 notes = self._take_notes()

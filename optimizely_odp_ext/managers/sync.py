@@ -41,7 +41,7 @@ from optimizely_odp_ext.managers.batching import Batch, Item
 from optimizely_odp_ext.managers.ledger import DeliveryLedger, Fate
 from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
 from optimizely_odp_ext.settings import ManagerSettings, SettingError
-from optimizely_odp_ext.transport import Outcome, OutcomeKind, Transport
+from optimizely_odp_ext.transport import Outcome, Transport
 
 Mode = Literal["batch", "per_call"]
 MODES: tuple[str, ...] = ("batch", "per_call")
@@ -225,10 +225,7 @@ class SyncEventManager(EventManager):
     def _post(self, batch: Batch) -> None:
         """One POST, without the lock; then record its outcome and notify listeners."""
         batch.attempts += 1
-        try:
-            outcome = self._transport.send(batch.destination, batch.body())
-        except Exception as error:  # the transport translates errors; this is a safety net
-            outcome = Outcome(OutcomeKind.RETRY, detail=f"unexpected error: {type(error).__name__}")
+        outcome = self._transport.send(batch.destination, batch.body())
         with self._lock:
             self._complete(batch, outcome)
             notes = self._ledger.take_notes()
