@@ -6,8 +6,9 @@ Swap ``from optimizely.optimizely import Optimizely`` for
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from optimizely_odp_ext._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from optimizely_odp_ext.client import OdpOptimizely
@@ -46,19 +47,6 @@ _EXPORTS = {
 submodule (the pytest plugin, the CLI) does not load the SDK until it is needed."""
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
-
-
 __all__ = [
     "ODP_BATCH_DELIVERED",
     "ODP_BATCH_FAILED",
@@ -77,3 +65,5 @@ __all__ = [
     "SyncEventManager",
     "__version__",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__, globals())

@@ -3,8 +3,9 @@ collector, a datafile server and an event dispatcher that keep traffic on 127.0.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from optimizely_odp_ext._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from optimizely_odp_ext.testing.collector import OdpCollector, RecordedRequest
@@ -20,17 +21,6 @@ _EXPORTS = {
 """Imported on first use: the pytest plugin beside this package loads in every test run."""
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
-
-
 __all__ = ["DatafileServer", "OdpCollector", "RecordedRequest", "RecordingEventDispatcher", "sample_datafile"]
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, __all__, globals())
