@@ -75,6 +75,23 @@ def _percentile(sorted_values: list[int], q: float) -> float:
     return float(sorted_values[index])
 
 
+def close_official(client: Any) -> bool:
+    """Close the official client until its ODP queue is drained; True if close() returned early.
+
+    With a full queue, the official close() cannot enqueue its shutdown signal: it logs "Error
+    stopping ODP event queue" and returns while its thread still holds up to 1,000 events. Keep
+    the process alive and stop again until it drains (as a long-lived app would), so the official
+    is credited with everything it can deliver.
+    """
+    client.close()
+    manager = client.odp_manager.event_manager
+    returned_early = bool(manager.is_running)
+    while manager.is_running:
+        manager.stop()
+        time.sleep(0.02)
+    return returned_early
+
+
 def run_child(kind: str, url: str, events: int, timeout: float) -> None:
     """Build one client, warm it up, run the timed sends, end it, print one JSON line."""
     from optimizely.optimizely import Optimizely
@@ -119,16 +136,7 @@ def run_child(kind: str, url: str, events: int, timeout: float) -> None:
             ending["flushed"] = client.flush(timeout)
             client.close(5.0)
         else:
-            client.close()
-            # With a full queue, the official close() cannot enqueue its shutdown signal: it logs
-            # "Error stopping ODP event queue" and returns while its thread still holds up to 1,000
-            # events. Keep the process alive and stop again until it drains (as a long-lived app
-            # would), so the official is credited with everything it can deliver.
-            manager = client.odp_manager.event_manager
-            ending["close_returned_early"] = manager.is_running
-            while manager.is_running:
-                manager.stop()
-                time.sleep(0.02)
+            ending["close_returned_early"] = close_official(client)
         ending["done"] = True
 
     closer = threading.Thread(target=end, name="bench-close", daemon=True)

@@ -175,14 +175,9 @@ def run_child(args: argparse.Namespace) -> None:
                 ending["flushed"] = client.flush(args.flush_timeout)
             client.close()  # default close_timeout
         else:
-            client.close()
-            # With a full queue the official close() cannot enqueue its shutdown signal and returns
-            # with events still queued; stop again until it drains (as bench.py does).
-            manager = client.odp_manager.event_manager
-            ending["close_returned_early"] = manager.is_running
-            while manager.is_running:
-                manager.stop()
-                time.sleep(0.02)
+            from bench import close_official
+
+            ending["close_returned_early"] = close_official(client)
         ending["end_s"] = time.monotonic() - started
         ending["done"] = True
 
