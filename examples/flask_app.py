@@ -35,6 +35,7 @@ from typing import Any
 
 from flask import Flask, jsonify, request
 from flask.typing import ResponseReturnValue
+from optimizely.event.event_processor import ForwardingEventProcessor
 
 from optimizely_odp_ext import BatchEventManager, OdpOptimizely
 from optimizely_odp_ext.testing import RecordingEventDispatcher, sample_datafile
@@ -52,11 +53,14 @@ def load_datafile() -> str:
 def build_client(**manager_settings: Any) -> OdpOptimizely:
     """A client for this process; ``manager_settings`` go to its ``BatchEventManager``
     (e.g. ``spool_path``). Raises ``SettingError`` on a bad setting."""
+    # Keeps the base SDK's impression events on this machine for the example; leave it out in production.
+    dispatcher = RecordingEventDispatcher()
     return OdpOptimizely(
         datafile=load_datafile(),
         logger=logging.getLogger("optimizely"),
-        # Keeps the base SDK's impression events on this machine for the example; leave it out in production.
-        event_dispatcher=RecordingEventDispatcher(),
+        event_dispatcher=dispatcher,
+        # No base SDK thread for impressions: a thread would not survive gunicorn --preload's fork.
+        event_processor=ForwardingEventProcessor(dispatcher),
         odp_event_manager=BatchEventManager(**manager_settings),
     )
 
@@ -74,7 +78,10 @@ def replace_client(new_client: OdpOptimizely) -> None:
     does this in a fresh worker, to give it a spool of its own). Call before serving requests."""
     global _client
     previous, _client = _client, new_client
-    previous.close(timeout=0)
+    # Only the previous client's ODP manager: in a forked worker the base SDK's own queues may
+    # still hold a lock taken by a master thread at the fork, so its close() could hang.
+    if previous.odp_event_manager is not None:
+        previous.odp_event_manager.close(timeout=0)
 
 
 def close_client(timeout: float | None = None) -> None:

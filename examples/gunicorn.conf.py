@@ -30,6 +30,12 @@ What to know (the hooks below do what is needed):
    delivers what was left in it; ``optimizely-odp spool stats|replay PATH`` deals with a slot
    no worker claims any more. (A spool named after the worker's pid would be orphaned by
    every restart.)
+6. The base SDK's own threads do not survive the fork: a client built in the master has no
+   ``BatchEventProcessor`` thread (impressions and conversions) and no datafile polling
+   thread in the workers. optimizely-odp-ext restarts only its ODP sender. With ``--preload``,
+   pass ``event_processor=ForwardingEventProcessor(dispatcher)`` (no thread: impressions are
+   dispatched on the request's thread), and build the client in ``post_fork`` instead if you
+   rely on an ``sdk_key`` client's datafile updates.
 """
 
 from __future__ import annotations
