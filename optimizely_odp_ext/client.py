@@ -80,13 +80,11 @@ class OdpOptimizely(Optimizely):
             enums.NotificationTypes.OPTIMIZELY_CONFIG_UPDATE, self._on_datafile_update
         )
         assert self.odp_event_manager is not None
-        try:
-            known = self._read_integration()[1]
-        except Exception:  # reported by _on_datafile_update just below
-            known = None
+        known = self._read_integration_or_log()
         self.odp_event_manager.start(logger=self.logger, notification_center=self.notification_center,
-                                     integration=known)
-        self._on_datafile_update()
+                                     integration=known[1] if known else None)
+        if known:
+            self._apply_integration(*known)
 
     # -- the ODP integration -----------------------------------------------------------------
     @property
@@ -107,13 +105,21 @@ class OdpOptimizely(Optimizely):
         integration = compat.integration_of(config)
         return (IntegrationState.INTEGRATED if integration else IntegrationState.NOT_INTEGRATED, integration)
 
-    def _on_datafile_update(self) -> None:
-        """OPTIMIZELY_CONFIG_UPDATE: pick up an integration added, changed or removed."""
+    def _read_integration_or_log(self) -> tuple[IntegrationState, OdpIntegration | None] | None:
         try:
-            state, integration = self._read_integration()
+            return self._read_integration()
         except Exception as error:
             self.logger.error(f"ODP integration could not be read from the datafile: {error}")
-            return
+            return None
+
+    def _on_datafile_update(self) -> None:
+        """OPTIMIZELY_CONFIG_UPDATE: pick up an integration added, changed or removed."""
+        known = self._read_integration_or_log()
+        if known:
+            self._apply_integration(*known)
+
+    def _apply_integration(self, state: IntegrationState, integration: OdpIntegration | None) -> None:
+        """Make ``integration`` the one new events go to, and hand over held events."""
         if state is IntegrationState.UNDETERMINED:
             return
         manager = self.odp_event_manager
@@ -184,6 +190,10 @@ class OdpOptimizely(Optimizely):
         manager = self.odp_event_manager
         if manager is None:
             return self._discard(DiscardReason.ODP_NOT_ENABLED, "ODP is not enabled.")
+        return self._route(event, manager)
+
+    def _route(self, event: OdpEvent, manager: EventManager) -> SendResult:
+        """To the manager with the current integration, held until the datafile, or discarded."""
         state, integration = self._odp
         if integration is not None:
             event.integration = integration
@@ -201,14 +211,12 @@ class OdpOptimizely(Optimizely):
                             "are already held for it.", warn=True)
                     self._held.append(event)
                     return ACCEPTED
-            return self._send(action, identifiers, type, data)  # the datafile just arrived
+            return self._route(event, manager)  # the datafile just arrived
         return self._discard(DiscardReason.ODP_NOT_INTEGRATED, "ODP is not integrated.")
 
     def _discard(self, reason: DiscardReason, message: str, warn: bool = False) -> SendResult:
         (self.logger.warning if warn else self.logger.error)(message)
         return SendResult.discarded(reason, message)
-
-
 
     # -- flush, close, stats -------------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> bool:
