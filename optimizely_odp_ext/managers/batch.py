@@ -14,7 +14,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from typing import Any
 
 from optimizely_odp_ext import notifications
@@ -85,7 +85,6 @@ class BatchEventManager(EventManager):
         """Average encoded size so far: what an event not yet encoded counts against max_queue_bytes."""
         self._last_expiry_check = 0.0
         self._current_integration: OdpIntegration | None = None
-        self._dropped_on_send: Counter[str] = Counter()
 
     # -- the caller's side -------------------------------------------------------------------
     def start(self, *, logger: Any, notification_center: Any, integration: OdpIntegration | None) -> None:
@@ -155,7 +154,7 @@ class BatchEventManager(EventManager):
 
     def _refuse(self, reason: DiscardReason, message: str) -> SendResult:
         with self._lock:
-            self._dropped_on_send[reason.value] += 1
+            self._ledger.dropped[reason.value] += 1
         self.logger.warning(message)
         return SendResult.discarded(reason, message)
 
@@ -225,7 +224,6 @@ class BatchEventManager(EventManager):
                 accepted=self._next_seq + len(self._incoming),
                 queued=self._buffered_events - self._ledger.in_flight_events + len(self._incoming),
                 queued_bytes=self._buffered_bytes,
-                also_dropped=self._dropped_on_send,
             )
 
     def integration_changed(self, integration: OdpIntegration | None) -> None:

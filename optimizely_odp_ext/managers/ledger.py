@@ -184,11 +184,10 @@ class DeliveryLedger:
         seqs += [s for s in (d.min_seq() for d in self.destinations.values()) if s is not None]
         return min(seqs) if seqs else None
 
-    def stats(self, *, accepted: int, queued: int, also_dropped: Counter[str] | None = None,
-              **more: int) -> dict[str, Any]:
+    def stats(self, *, accepted: int, queued: int, **more: int) -> dict[str, Any]:
         """The counters as ``stats()`` reports them, with the manager's own ``accepted``,
-        ``queued`` and ``more`` (after ``queued``); ``also_dropped`` adds to ``dropped``."""
-        dropped = self.dropped if also_dropped is None else self.dropped + also_dropped
+        ``queued`` and ``more`` (after ``queued``)."""
+        dropped = self.dropped
         return {
             "accepted": accepted,
             "delivered": self.counts["delivered"],
