@@ -37,6 +37,7 @@ class Replay:
         self.batch_size = batch_size
         self.total = spool.count()
         self.delivered = self.refused = self.skipped = 0
+        self._seq = 0
         self.blocked: dict[OdpIntegration, str] = {}
         self._step = max(REPLAY_PROGRESS_EVERY, math.ceil(self.total / 20))
         self._next_progress = self._step
@@ -59,7 +60,8 @@ class Replay:
             if not batch.items:
                 sizes[destination] = 2
             # seq: the row id keeps the spool's order; accepted_at (monotonic) is unused here
-            batch.items.append(Item(event.rowid, event.body, 0.0, event.rowid))
+            batch.items.append(Item(self._seq, event.body, 0.0, event.id))
+            self._seq += 1
             sizes[destination] += len(event.body) + 1
         for batch in pending.values():
             if batch.items:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
 
 from optimizely_odp_ext.event import OdpEvent
@@ -36,9 +37,17 @@ class EventManager(ABC):
     @abstractmethod
     def send(self, event: OdpEvent) -> SendResult:
         """Accept one valid event for delivery. Called on the application's thread: must be
-        fast, thread-safe, and must not raise. Return :data:`~optimizely_odp_ext.result.ACCEPTED`
-        or a discarded result with its reason.
+        fast, thread-safe, must not block and must not raise. Return
+        :data:`~optimizely_odp_ext.result.ACCEPTED` or a discarded result with its reason and
+        message. A refusal is counted and logged by the client, not here.
         """
+
+    def park(self, events: Sequence[OdpEvent]) -> int:
+        """Keep events whose destination is not known (their datafile never came) for the next
+        start, durably; return how many were kept. Called by the client's ``close``, before
+        ``close``. The rest are given up, and counted, by the client. Default: keeps none.
+        Blocks for the store's I/O; thread-safe."""
+        return 0
 
     def integration_changed(self, integration: OdpIntegration | None) -> None:  # noqa: B027
         """The client learned the integration from a datafile (None: not integrated), right
@@ -56,5 +65,6 @@ class EventManager(ABC):
         return self.flush(timeout)
 
     def stats(self) -> dict[str, Any]:
-        """Counters (accepted, delivered, dropped by reason, queued, ...). Thread-safe."""
+        """Counters, under the names ``OdpOptimizely.odp_stats()`` documents (``delivered``,
+        ``dropped``, ``queued``, ...); the client adds its own. Non-blocking; thread-safe."""
         return {}

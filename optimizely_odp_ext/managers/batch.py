@@ -26,7 +26,7 @@ from optimizely_odp_ext.managers.batching import Batch, Item
 from optimizely_odp_ext.managers.ledger import DeliveryLedger, Fate
 from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
 from optimizely_odp_ext.settings import ManagerSettings
-from optimizely_odp_ext.spool import SpoolError, SqliteSpool
+from optimizely_odp_ext.spool import SpoolError, SpoolId, SqliteSpool
 from optimizely_odp_ext.transport import Outcome, Transport
 
 ENCODE_CHUNK = 500
@@ -109,7 +109,7 @@ class BatchEventManager(EventManager):
         now_wall, now = time.time(), time.monotonic()
         with self._lock:
             for row in spooled:
-                item = Item(self._next_seq, row.body, now - max(0.0, now_wall - row.accepted_at), row.rowid)
+                item = Item(self._next_seq, row.body, now - max(0.0, now_wall - row.accepted_at), row.id)
                 self._next_seq += 1
                 self._ledger.destination(OdpIntegration(row.host, row.api_key)).add(item)
                 self._buffered_events += 1
@@ -397,7 +397,7 @@ class BatchEventManager(EventManager):
         with self._lock:
             return self._buffered_events + len(self._incoming)
 
-    def _delete_from_spool(self, rowids: list[int]) -> None:
+    def _delete_from_spool(self, rowids: list[SpoolId]) -> None:
         assert self._spool is not None
         if not rowids:
             return

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from optimizely_odp_ext.integration import OdpIntegration
+from optimizely_odp_ext.spool.base import SpoolId
 
 
 class Item(NamedTuple):
@@ -24,7 +25,7 @@ class Item(NamedTuple):
     body: bytes
     accepted_at: float
     """``time.monotonic()`` when accepted."""
-    spool_id: int = 0
+    spool_id: SpoolId = 0
     """Its row in the durable spool, 0 when the manager keeps events in memory only."""
 
 

@@ -72,8 +72,8 @@ def test_round_trip_keeps_bytes_and_order(spool: SqliteSpool) -> None:
     assert all(type(e.body) is bytes for e in loaded)
     assert spool.load(limit=2) == loaded[:2]
     spool.delete([ids[1], ids[3], 999_999])  # missing ids are ignored
-    assert [e.rowid for e in spool.load()] == [ids[0], ids[2], ids[4]]
-    assert [e.rowid for e in spool.iter_all(chunk=2)] == [ids[0], ids[2], ids[4]]
+    assert [e.id for e in spool.load()] == [ids[0], ids[2], ids[4]]
+    assert [e.id for e in spool.iter_all(chunk=2)] == [ids[0], ids[2], ids[4]]
 
 
 def test_append_many_count_stats_purge(spool: SqliteSpool, path: str) -> None:
@@ -223,7 +223,7 @@ while True:  # keep appending; each printed id was returned by append
         events = s.load()
     assert [e.body for e in events[:200]] == [body(i) for i in range(200)]
     assert [e.body for e in events] == [body(i) for i in range(len(events))]
-    assert set(acknowledged) <= {e.rowid for e in events}
+    assert set(acknowledged) <= {e.id for e in events}
 
 
 def test_concurrent_appends(spool: SqliteSpool) -> None:

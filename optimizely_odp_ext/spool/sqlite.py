@@ -27,8 +27,9 @@ import threading
 import urllib.parse
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
+
+from optimizely_odp_ext.spool.base import SpooledEvent, SpoolError, SpoolId, SpoolLockedError
 
 _COLUMNS = ("id", "host", "api_key", "body", "accepted_at")
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY AUTOINCREMENT, host TEXT NOT NULL, "
@@ -40,27 +41,6 @@ _BUSY_TIMEOUT_MS = 5000
 _FORKED_CONNECTIONS: list[sqlite3.Connection] = []
 """Connections inherited by a forked child: kept alive forever, never closed there."""
 _OPEN_SPOOLS: weakref.WeakSet[SqliteSpool] = weakref.WeakSet()
-
-
-class SpoolError(Exception):
-    """The spool cannot be used (corrupt, unwritable, locked by another process)."""
-
-
-class SpoolLockedError(SpoolError):
-    """Another process (or another ``SqliteSpool`` in this one) holds the spool."""
-
-
-@dataclass(frozen=True)
-class SpooledEvent:
-    """One stored event, exactly as accepted."""
-
-    rowid: int
-    host: str
-    api_key: str
-    body: bytes
-    """The event's JSON exactly as it will be sent."""
-    accepted_at: float
-    """Wall-clock ``time.time()`` when accepted."""
 
 
 def _fail(path: str, error: BaseException) -> SpoolError:
@@ -190,7 +170,7 @@ class SqliteSpool:
             conn.execute("COMMIT")
         return ids
 
-    def delete(self, rowids: Iterable[int]) -> None:
+    def delete(self, rowids: Iterable[SpoolId]) -> None:
         """Remove acknowledged events in one transaction; missing ids are ignored. Thread-safe; blocks."""
         params = [(rowid,) for rowid in rowids]
         with self._connection() as conn:
