@@ -1,7 +1,6 @@
 """A FastAPI app: the client built in the lifespan, an ODP event per request, ``close_async`` at shutdown.
 
-Run (FastAPI and uvicorn are not dependencies of this package:
-``pip install 'optimizely-odp-ext[examples]'`` or ``pip install fastapi uvicorn``):
+Run (FastAPI and uvicorn are not dependencies of this package: ``pip install fastapi uvicorn``):
 
     optimizely-odp collector --port 8090 --api-key example-key      # a local ODP collector
     ODP_EXAMPLE_COLLECTOR_URL=http://127.0.0.1:8090 uvicorn --app-dir examples fastapi_app:app
