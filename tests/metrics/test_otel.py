@@ -37,6 +37,8 @@ class Reader:
         data = self.reader.get_metrics_data()
         for resource in data.resource_metrics if data else []:
             for scope in resource.scope_metrics:
+                if scope.scope.name != "tests":
+                    continue  # e.g. the SDK's own metrics (otel.sdk.*), which some versions report
                 for metric in scope.metrics:
                     monotonic = metric.data.is_monotonic if isinstance(metric.data, Sum) else None
                     self.kinds[metric.name] = (type(metric.data).__name__, monotonic, metric.unit or "")
