@@ -5,7 +5,7 @@ from __future__ import annotations
 import inspect
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from typing import Any
 
 from optimizely import logger as sdk_logging
@@ -53,6 +53,7 @@ class OdpOptimizely(Optimizely):
         self._odp: tuple[IntegrationState, OdpIntegration | None] = (IntegrationState.UNDETERMINED, None)
         self._held: deque[OdpEvent] = deque()
         self._held_discarded = 0
+        self._refused: Counter[str] = Counter()
         self._releasing = 0
         self.odp_enabled = not (odp_disabled or odp_disabled_by_environment()
                                 or compat.settings_disable_odp(arguments.get("settings")))
@@ -197,7 +198,11 @@ class OdpOptimizely(Optimizely):
         state, integration = self._odp
         if integration is not None:
             event.integration = integration
-            return manager.send(event)
+            result = manager.send(event)
+            if not result:  # the manager returns its refusals; the client counts and logs them
+                assert result.reason is not None
+                return self._discard(result.reason, result.message, warn=True)
+            return result
         if state is IntegrationState.UNDETERMINED:
             if not self._datafile_may_come:
                 return self._discard(DiscardReason.SDK_NOT_READY,
@@ -215,6 +220,8 @@ class OdpOptimizely(Optimizely):
         return self._discard(DiscardReason.ODP_NOT_INTEGRATED, "ODP is not integrated.")
 
     def _discard(self, reason: DiscardReason, message: str, warn: bool = False) -> SendResult:
+        with self._odp_lock:
+            self._refused[reason.value] += 1
         (self.logger.warning if warn else self.logger.error)(message)
         return SendResult.discarded(reason, message)
 
@@ -251,6 +258,9 @@ class OdpOptimizely(Optimizely):
         """Counters of the ODP event manager, plus events held for the datafile. Thread-safe."""
         stats = dict(self.odp_event_manager.stats()) if self.odp_event_manager else {}
         stats["held_for_datafile"] = len(self._held)
+        with self._odp_lock:
+            stats["refused"] = dict(self._refused)
+            stats["refused_total"] = sum(self._refused.values())
         stats["discarded_not_integrated"] = self._held_discarded
         return stats
 

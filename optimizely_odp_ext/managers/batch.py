@@ -1,427 +1,736 @@
 """The default event manager: batches in the background, several requests in flight.
 
-The caller's thread only appends the (already validated) event to a deque. A
-dispatcher thread encodes events, cuts batches (by count, bytes and time) per
-destination, and hands them to ``max_in_flight`` sender threads that share one
-keep-alive ``requests.Session``. Outcomes come back to the dispatcher's structures
-under one lock; nothing is dropped except by the documented policies (queue full,
-refused by the server, older than ``max_event_age``, left at shutdown), each counted
-and logged.
+The caller's thread checks capacity and appends the (already validated) event to a deque,
+under a lock that is only ever held for a few operations, never while encoding or sending.
+
+Workers (one thread at first, up to ``max_in_flight`` when there is more to do than one can
+do) take turns at two jobs: cutting and encoding a batch, and sending one. A worker that
+encodes a batch usually sends it too, so at low latency one thread does all the work and
+nothing is handed from thread to thread; while requests wait for ODP, other workers encode
+and send the next batches. Nothing is dropped except by the documented policies (refused by
+the server, older than ``max_event_age``, left at shutdown), each counted, announced and logged.
 """
 
 from __future__ import annotations
 
-import queue
+import functools
+import itertools
 import threading
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Callable, NamedTuple
 
-from optimizely_odp_ext import notifications
+from optimizely_odp_ext import encoding, notifications
 from optimizely_odp_ext.event import OdpEvent
 from optimizely_odp_ext.integration import OdpIntegration, mask_key
 from optimizely_odp_ext.managers import lifecycle
-from optimizely_odp_ext.managers.base import EventManager
-from optimizely_odp_ext.managers.batching import Batch, Item
-from optimizely_odp_ext.managers.ledger import DeliveryLedger, Fate
+from optimizely_odp_ext.managers.base import DEFAULT_FLUSH_TIMEOUT, EventManager
+from optimizely_odp_ext.managers.batching import OBJECT_OVERHEAD, Batch, Destination, Encoded, Waiting, seal
+from optimizely_odp_ext.managers.ledger import Completion, DeliveryLedger, Fate
+from optimizely_odp_ext.managers.spool_link import SpoolLink
 from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
 from optimizely_odp_ext.settings import ManagerSettings
-from optimizely_odp_ext.spool import SpoolError, SpoolId, SqliteSpool
-from optimizely_odp_ext.transport import Outcome, Transport
+from optimizely_odp_ext.spool import Spool, SpoolId, SpoolRecord
+from optimizely_odp_ext.spool.opening import SpoolProblem, open_configured_spool
+from optimizely_odp_ext.transport import Outcome, OutcomeKind, Transport
 
-ENCODE_CHUNK = 500
-"""Events encoded per hold of the lock: outcomes never wait long for it, and full batches
-leave between chunks."""
+MOVE_CHUNK = 500
+"""Events moved from the caller's deque to their destinations per hold of the lock."""
+CLAIM_CHUNK = 5000
+"""Events a previous run left in the spool, read per call."""
+ENCODED_OVERHEAD = 120
+"""Bytes an already encoded event waiting for its batch takes beyond its JSON."""
 _EXPIRY_CHECK_INTERVAL = 1.0
+_RECOVERED_SEQ = -1
+"""The acceptance order given to events read back from a spool: older than any of this run."""
+
+Job = Callable[[], None]
+
+
+class Output(NamedTuple):
+    """Log lines and notifications collected under the lock, to emit without it."""
+
+    number: int
+    """Its place in the order outputs were taken; -1 when there is nothing to emit."""
+    notes: list[notifications.Note]
+    logs: list[tuple[str, str]]
+
+
+def _resolves(outcome: Outcome, count: int) -> bool:
+    """Whether the events of a batch with this outcome are done for good (delivered or refused)."""
+    kind = outcome.kind
+    return kind is OutcomeKind.DELIVERED or kind is OutcomeKind.FAILED or (
+        kind is OutcomeKind.REJECTED and count <= 1)
 
 
 class BatchEventManager(EventManager):
     """Delivers ODP events in batches from background threads.
 
-    Every setting can be given as an argument, or as an ``OPTIMIZELY_ODP_*``
-    environment variable (see :mod:`optimizely_odp_ext.settings`). ``send`` never
-    blocks; ``flush`` and ``close`` block up to their timeout. All methods are
-    thread-safe. Threads start on the first event, and again in a forked child.
+    Every setting can be given as an argument, or as an ``OPTIMIZELY_ODP_*`` environment
+    variable (see :mod:`optimizely_odp_ext.settings`). ``send`` never blocks (with a
+    write-through spool it waits for the store's own write); ``flush`` and ``close`` block up
+    to their timeout. All methods are thread-safe. Threads start with the first event, and
+    again in a forked child.
+
+    Args:
+        spool: a store for accepted events (any :class:`~optimizely_odp_ext.spool.Spool`);
+            default: the one ``spool_path`` names, or none.
+        **settings: see :data:`optimizely_odp_ext.settings.SETTINGS`.
+
+    Raises:
+        SettingError: a setting has a value it cannot take, or the spool it names cannot be
+            used (not writable, not a spool).
     """
 
-    def __init__(self, **settings: Any) -> None:
+    def __init__(self, *, spool: Spool | None = None, **settings: Any) -> None:
         self.settings = ManagerSettings.resolve(settings)
         self.logger: Any = lifecycle.NullLogger()
         self.notification_center: Any = None
         self._closed = False
-        self._spool: SqliteSpool | None = None
-        self._spool_error = ""
-        self._spool_lost_in_fork = False
-        if self.settings.spool_path:
-            try:
-                self._spool = SqliteSpool(self.settings.spool_path)
-            except SpoolError as error:
-                self._spool_error = f"ODP spool disabled, events are kept in memory only: {error}"
+        self._spool_problem: SpoolProblem | None = None
+        self._link: SpoolLink | None = None
+        if spool is None:
+            spool, self._spool_problem = open_configured_spool(self.settings)
+        if spool is not None:
+            self._link = SpoolLink(spool, self.logger)
         self._init_runtime_state()
         lifecycle.track(self)
 
     # -- state that a forked child rebuilds -------------------------------------------------
     def _init_runtime_state(self) -> None:
         s = self.settings
-        self._incoming: deque[tuple[OdpEvent, int]] = deque()
-        """(event, spool row id) pairs appended by callers; drained by the dispatcher."""
         self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-        """Notified whenever events are resolved (delivered or dropped)."""
-        self._wake = threading.Event()
-        self._idle = False
-        self._started = False
-        self._stopping = False
-        self._flush_requests = 0
-        self._ledger = DeliveryLedger(s)
-        """Destinations, batches in flight, counters and notifications (under the lock)."""
-        self._work: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
-        self._transport = Transport(s.request_timeout, s.max_in_flight)
+        self._work = threading.Condition(self._lock)
+        """Idle workers wait here."""
+        self._done = threading.Condition(self._lock)
+        """Notified whenever events are resolved (delivered or given up), for flush()."""
+        self._incoming: deque[Waiting] = deque()
         self._next_seq = 0
-        self._buffered_events = 0
-        self._buffered_bytes = 0
-        self._event_bytes_estimate = 300
-        """Average encoded size so far: what an event not yet encoded counts against max_queue_bytes."""
-        self._last_expiry_check = 0.0
-        self._current_integration: OdpIntegration | None = None
+        """The acceptance order of the next event appended to ``_incoming``."""
+        self._taken_seq = 0
+        """The acceptance order of ``_incoming[0]``."""
+        self._accepted = 0
+        self._recovered = 0
+        self._held = 0
+        """Events accepted or recovered and not resolved yet, wherever they are (in flight too)."""
+        self._unencoded = 0
+        """Of those, the events still held as the caller's objects."""
+        self._encoded_bytes = 0
+        """Memory of the rest (encoded events and batches), as counted against max_queue_bytes."""
+        self._json_estimate = 300
+        """Mean JSON size of an event so far."""
+        self._unbound: list[Encoded] = []
+        """Events read back from a spool whose destination was not known when they were parked."""
+        self._ledger = DeliveryLedger(s)
+        self._logs: list[tuple[str, str]] = []
+        self._outputs_taken = 0
+        self._unemitted: set[int] = set()
+        """Outputs taken and not emitted yet (see :meth:`_emit`)."""
+        self._transport = Transport(s.request_timeout, s.max_in_flight)
+        self._sealing_events = 0
+        self._workers = 0
+        self._idle = 0
+        self._flushing = 0
+        self._stopping = False
+        self._finished = False
+        """close() gave up on what was left: late outcomes are not kept for a retry."""
+        self._close_result = False
+        self._current: OdpIntegration | None = None
+        self._integration_known = False
+        self._next_expiry = 0.0
+        self._pending_acks: list[SpoolId] = []
+        self._tokens = itertools.count()
+        self._spool_backlog = self._link is not None and not self._link.shared
+        """A spool of a previous run may hold events not read yet."""
+        self._claiming = False
 
     # -- the caller's side -------------------------------------------------------------------
     def start(self, *, logger: Any, notification_center: Any, integration: OdpIntegration | None) -> None:
-        """Take the SDK's logger and notification center; deliver what a previous run left
-        in the spool. Non-blocking apart from reading the spool."""
+        """Take the SDK's logger and notification center; events a previous run left in the
+        spool are read and delivered in the background. Non-blocking."""
         self.logger = logger
         self.notification_center = notification_center
-        if self._spool_error:
-            self.logger.error(self._spool_error)
-        self._recover_spooled_events()
-
-    def _recover_spooled_events(self) -> None:
-        if self._spool is None:
-            return
-        try:
-            spooled = list(self._spool.iter_all())
-        except SpoolError as error:
-            self.logger.error(f"ODP spool could not be read, its events stay in it: {error}")
-            return
-        if not spooled:
-            return
-        now_wall, now = time.time(), time.monotonic()
+        if self._spool_problem is not None:
+            logger.error(self._spool_problem.message)
+        link = self._link
+        if link is not None:
+            link.logger = logger
+            for line in link.opening_log():
+                logger.error(line)
         with self._lock:
-            for row in spooled:
-                item = Item(self._next_seq, row.body, now - max(0.0, now_wall - row.accepted_at), row.id)
-                self._next_seq += 1
-                self._ledger.destination(OdpIntegration(row.host, row.api_key)).add(item)
-                self._buffered_events += 1
-                self._buffered_bytes += len(row.body)
-        self.logger.info(f"ODP: {len(spooled)} events from the spool of a previous run will be delivered.")
-        self._start_threads()
-        self._wake.set()
+            self._current = integration
+            if self._spool_backlog and not self._workers:
+                self._start_worker()
 
     def send(self, event: OdpEvent) -> SendResult:
-        """Queue one event. Non-blocking, thread-safe, never raises."""
+        """Queue one event. Non-blocking (with a write-through spool: waits for the store's
+        write), thread-safe, never raises. A refusal is returned, not counted or logged here."""
         if self._closed:
-            return self._refuse(DiscardReason.CLOSED, "ODP event manager is closed; event discarded.")
-        incoming = self._incoming
+            return _closed_result()
+        link = self._link
+        if link is not None and link.write_through:
+            return self._send_through(event, link)
+        estimate = self._json_estimate + OBJECT_OVERHEAD
         s = self.settings
-        waiting = len(incoming)
-        if (waiting + self._buffered_events >= s.max_queue_events
-                or self._buffered_bytes + waiting * self._event_bytes_estimate >= s.max_queue_bytes):
-            return self._refuse(
-                DiscardReason.QUEUE_FULL,
-                f"ODP event queue is full ({s.max_queue_events} events / {s.max_queue_bytes} bytes); "
-                "event discarded.",
-            )
-        if not self._started:
-            self._start_threads()
-        spool_id = self._store(event) if self._spool is not None else 0
-        incoming.append((event, spool_id))
-        if self._idle or len(incoming) >= s.batch_size:
-            self._idle = False
-            self._wake.set()
+        with self._lock:
+            if self._closed:
+                return _closed_result()
+            if (self._held >= s.max_queue_events
+                    or self._unencoded * estimate + self._encoded_bytes + estimate > s.max_queue_bytes):
+                return _queue_full_result(s)
+            self._held += 1
+            self._unencoded += 1
+            self._accepted += 1
+            self._next_seq += 1
+            incoming = self._incoming
+            incoming.append(event)
+            if self._idle:
+                waiting = len(incoming)
+                if waiting == 1 or waiting == s.batch_size:
+                    self._work.notify()
+            elif not self._workers:
+                self._start_worker()
         return ACCEPTED
 
-    def _store(self, event: OdpEvent) -> int:
-        """Write the event to the spool before ``send`` returns; 0 if that failed (it is
-        then kept in memory only, and the failure logged)."""
-        assert self._spool is not None and event.integration is not None
+    def _send_through(self, event: OdpEvent, link: SpoolLink) -> SendResult:
+        """``send`` with a write-through spool: the event is stored before this returns."""
+        integration = event.integration
+        if integration is None:
+            return SendResult.discarded(DiscardReason.ODP_NOT_INTEGRATED, "ODP event has no integration.")
         try:
-            return self._spool.append(event.integration.host, event.integration.api_key, event.to_json(),
-                                      time.time())
-        except (SpoolError, ValueError, TypeError) as error:
-            self.logger.error(f"ODP event could not be written to the spool, kept in memory only: {error}")
-            return 0
-
-    def _refuse(self, reason: DiscardReason, message: str) -> SendResult:
+            body = encoding.encode(event.to_dict())
+        except (TypeError, ValueError, OverflowError) as error:
+            return SendResult.discarded(DiscardReason.INVALID_DATA, f"ODP event cannot be encoded: {error}")
+        size = len(body) + ENCODED_OVERHEAD
+        s = self.settings
         with self._lock:
-            self._ledger.dropped[reason.value] += 1
-        self.logger.warning(message)
-        return SendResult.discarded(reason, message)
+            if self._closed:
+                return _closed_result()
+            memory = self._unencoded * (self._json_estimate + OBJECT_OVERHEAD) + self._encoded_bytes
+            if self._held >= s.max_queue_events or memory + size > s.max_queue_bytes:
+                return _queue_full_result(s)
+            self._held += 1
+            self._accepted += 1
+            self._encoded_bytes += size
+        ids = link.append([SpoolRecord(integration.host, integration.api_key, body, time.time())])
+        item = Encoded(body, event.accepted_at, ids[0] if ids else 0, integration)
+        with self._lock:
+            self._next_seq += 1
+            self._incoming.append(item)
+            if self._idle and len(self._incoming) in (1, s.batch_size):
+                self._work.notify()
+            elif not self._workers and not self._stopping:
+                self._start_worker()
+        return ACCEPTED
+
+    def park(self, events: Sequence[OdpEvent]) -> int:
+        """Store events whose destination is not known yet in the spool, for the next start.
+        Blocks for the store's write; returns how many were stored (0 without a spool)."""
+        link = self._link
+        if link is None or not events:
+            return 0
+        now = time.time()
+        records = []
+        for event in events:
+            try:
+                records.append(SpoolRecord("", "", encoding.encode(event.to_dict()), now))
+            except (TypeError, ValueError, OverflowError):
+                continue
+        ids = link.append(records)
+        return len(ids) if ids else 0
 
     def flush(self, timeout: float | None = None) -> bool:
         """Send everything accepted so far now, and wait until it was delivered or finally
-        resolved. Returns False if ``timeout`` (seconds) ran out first. Blocks; thread-safe."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        resolved: True then, False if ``timeout`` seconds (None: :data:`DEFAULT_FLUSH_TIMEOUT`)
+        ran out first. Blocks up to ``timeout``; thread-safe."""
+        limit = DEFAULT_FLUSH_TIMEOUT if timeout is None else max(0.0, timeout)
+        deadline = time.monotonic() + limit
         with self._lock:
-            target = self._next_seq + len(self._incoming)
-            if not self._started and not self._incoming:
+            target = self._next_seq
+            if self._resolved_before(target) and self._announced_before(self._outputs_taken) and not (
+                    self._logs or self._ledger.notes):
                 return True
-            self._flush_requests += 1
-            self._ledger.hurry(time.monotonic())
-        try:
-            self._wake.set()
-            with self._lock:
-                while True:
-                    oldest = self._oldest_unresolved()
-                    if oldest is None or oldest >= target:
-                        return True
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
+            self._flushing += 1
+            try:
+                self._ledger.hurry(time.monotonic())
+                self._work.notify_all()
+                if not self._workers and not self._stopping:
+                    self._start_worker()
+                while not self._resolved_before(target):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
                         return False
-                    self._changed.wait(remaining)
-        finally:
-            with self._lock:
-                self._flush_requests -= 1
+                    self._done.wait(remaining)
+                return self._wait_announced(deadline)
+            finally:
+                self._flushing -= 1
+
+    def _wait_announced(self, deadline: float) -> bool:
+        """Wait (lock held) until the log lines and notifications of what was resolved are out,
+        so that listeners have heard of every outcome when flush() returns True."""
+        output = self._take_output()
+        if output.number >= 0:
+            self._lock.release()
+            try:
+                self._emit(output)
+            finally:
+                self._lock.acquire()
+        number = self._outputs_taken
+        while not self._announced_before(number):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._done.wait(remaining)
+        return True
 
     def close(self, timeout: float | None = None) -> bool:
         """Stop accepting events, deliver what was accepted within ``timeout`` (default: the
-        ``close_timeout`` setting), then stop the threads. What is left is counted as
-        dropped (reason ``shutdown``) and logged. Idempotent. Blocks; thread-safe."""
-        if self._closed:
-            return self._undelivered() == 0
-        self._closed = True
-        limit = self.settings.close_timeout if timeout is None else timeout
+        ``close_timeout`` setting), then stop. What is left is counted as dropped (reason
+        ``shutdown``) and logged, except what a spool keeps for the next start. Idempotent (a
+        second call returns the first one's verdict). Blocks up to ``timeout``; thread-safe."""
+        with self._lock:
+            if self._closed:
+                return self._close_result
+            self._closed = True
+        limit = self.settings.close_timeout if timeout is None else max(0.0, timeout)
         delivered_all = self.flush(limit)
         with self._lock:
-            self._stopping = True
-            while self._incoming:  # accepted by a send that raced with close
-                self._accept_chunk()
-            left = self._ledger.take_all()
-            left_in_flight = self._ledger.in_flight_events
-            spooled = sum(1 for item in left if item.spool_id)
-            self._resolve_dropped([item for item in left if not item.spool_id], DiscardReason.SHUTDOWN)
-            notes = self._take_notes()
-        self._fire(notes)
-        self._wake.set()
-        for _ in self._threads:
-            self._work.put(None)
-        if left or left_in_flight:
-            where = f"; {spooled} of them stay in the spool for the next start" if spooled else ""
-            self.logger.error(
-                f"ODP event manager closed with {len(left) + left_in_flight} events undelivered "
-                f"(timeout {limit}s){where}."
-            )
+            self._stopping = self._finished = True
+            dropped, kept = self._abandon_everything()
+            in_flight = self._ledger.in_flight_events + self._sealing_events
+            self._close_result = delivered_all and not dropped and not kept and not in_flight
+            self._work.notify_all()
+            self._done.notify_all()
+            output = self._take_output()
+        self._emit(output)
+        if dropped or kept or in_flight:
+            where = f"; {kept} of them stay in the spool for the next start" if kept else ""
+            flying = f"; {in_flight} were still in flight" if in_flight else ""
+            if in_flight and self._link is not None:
+                flying += " (undelivered ones stay in the spool)"
+            self.logger.error(f"ODP event manager closed with {dropped + kept + in_flight} events undelivered "
+                              f"(timeout {limit:g}s){where}{flying}.")
         self._transport.close()
-        if self._spool is not None:
-            self._spool.close()
+        if self._link is not None:
+            self._link.close()
         lifecycle.untrack(self)
-        return delivered_all and not left and not left_in_flight
+        return self._close_result
 
     def stats(self) -> dict[str, Any]:
-        """A snapshot of the counters. Thread-safe."""
+        """A snapshot of the counters. Non-blocking; thread-safe."""
         with self._lock:
-            return self._ledger.stats(
-                accepted=self._next_seq + len(self._incoming),
-                queued=self._buffered_events - self._ledger.in_flight_events + len(self._incoming),
-                queued_bytes=self._buffered_bytes,
+            stats = self._ledger.stats()
+            stats.update(
+                accepted=self._accepted,
+                recovered=self._recovered,
+                queued=self._held - self._ledger.in_flight_events,
+                queued_bytes=self._memory(),
             )
+            unbound = len(self._unbound)
+        if self._link is not None:
+            stats["spool"] = self._link.state()
+            stats["spool"]["awaiting_destination"] = unbound
+        elif self._spool_problem is not None:
+            stats["spool"] = self._spool_problem.state()
+        return stats
 
     def integration_changed(self, integration: OdpIntegration | None) -> None:
-        """Events held back by a refused key move to the new integration."""
+        """Events held back by a refused key move to the new integration; events read back from a
+        spool without a destination go to it (or, not integrated, are given up). Non-blocking."""
         with self._lock:
-            self._current_integration = integration
+            self._current = integration
+            self._integration_known = True
+            unbound, self._unbound = self._unbound, []
             if integration is None:
-                return
-            self._ledger.move_refused(integration, self.logger)
-        self._wake.set()
+                self._give_up(len(unbound), DiscardReason.ODP_NOT_INTEGRATED, [item.spool_id for item in unbound],
+                              sum(len(item.body) + ENCODED_OVERHEAD for item in unbound))
+            else:
+                dest = self._ledger.destination(integration)
+                for item in unbound:
+                    dest.add(_RECOVERED_SEQ, item._replace(destination=integration))
+                self._ledger.move_refused(integration, self._log)
+            self._work.notify()
+            if not self._workers and self._held:
+                self._start_worker()
+            output = self._take_output()
+        self._emit(output)
 
-    # -- threads -----------------------------------------------------------------------------
-    def _start_threads(self) -> None:
-        with self._lock:
-            if self._started:
-                return
-            self._started = True
-            if self._spool_lost_in_fork:
-                self.logger.warning("ODP spool belongs to the parent process; this forked process keeps "
-                                    "its events in memory only.")
-            self._threads = [threading.Thread(target=self._run_dispatcher, name="odp-dispatcher", daemon=True)]
-            self._threads += [
-                threading.Thread(target=self._run_sender, name=f"odp-sender-{i}", daemon=True)
-                for i in range(self.settings.max_in_flight)
-            ]
-        for thread in self._threads:
-            thread.start()
+    # -- workers ---------------------------------------------------------------------------------
+    def _start_worker(self) -> None:
+        """Lock held."""
+        if self._stopping or self._workers >= self.settings.max_in_flight:
+            return
+        self._workers += 1
+        threading.Thread(target=self._run_worker, name=f"odp-worker-{self._workers}", daemon=True).start()
 
-    def _run_dispatcher(self) -> None:
-        while not self._stopping:
+    def _run_worker(self) -> None:
+        lock = self._lock
+        with lock:
             try:
-                wait = self._dispatch_once()
-            except Exception as error:  # a bug must not stop delivery for good
-                self.logger.error(f"ODP dispatcher error: {type(error).__name__}: {error}")
-                wait = 0.1
-            if wait is None:
-                self._idle = True
-                if self._incoming:
-                    self._idle = False
-                    continue
-            self._wake.wait(wait)
-            self._wake.clear()
+                while not self._stopping:
+                    job = self._next_job(time.monotonic())
+                    if job is None and (self._logs or self._ledger.notes):
+                        job = functools.partial(self._emit, self._take_output())
+                    if job is None:
+                        self._idle += 1
+                        try:
+                            self._work.wait(self._wait_time())
+                        finally:
+                            self._idle -= 1
+                        continue
+                    lock.release()
+                    try:
+                        job()
+                    except Exception as error:  # a bug must not stop delivery for good
+                        self.logger.error(f"ODP worker error: {type(error).__name__}: {error}")
+                    finally:
+                        lock.acquire()
+            finally:
+                self._workers -= 1
 
-    def _dispatch_once(self) -> float | None:
-        """Encode new events and send due batches, a chunk at a time so that the first full
-        batches leave while the rest of a burst is still being encoded; return seconds
-        until there is more to do (None: wait to be woken)."""
-        while True:
-            with self._lock:
-                self._accept_chunk()
-            wait = self._send_due_batches()
-            if not self._incoming:
-                return wait
-
-    def _send_due_batches(self) -> float | None:
+    def _next_job(self, now: float) -> Job | None:
+        """What a worker does next (lock held): send a ready batch, cut one, read the spool."""
         s, ledger = self.settings, self._ledger
-        now = time.monotonic()
-        with self._lock:
-            if now - self._last_expiry_check >= _EXPIRY_CHECK_INTERVAL:
-                self._expire(now)
-            notes = self._take_notes()
-        self._fire(notes)
-        with self._lock:
-            flushing = self._flush_requests > 0 or self._closed
-            next_due: float | None = None
-            for dest in list(ledger.destinations.values()):
-                while len(ledger.in_flight) < s.max_in_flight:
-                    batch = ledger.take_batch(dest, now, s.flush_interval, flushing)
-                    if batch is None:
-                        break
-                    self._work.put(batch)
-                due = dest.due_at(0.0 if flushing else s.flush_interval)
-                if due is not None and (dest.failures == 0 or dest.in_flight == 0):
-                    next_due = due if next_due is None else min(next_due, due)
-                if not dest.has_work() and dest.in_flight == 0:
-                    del ledger.destinations[dest.integration]
-            if next_due is None:
-                return None
-            if len(ledger.in_flight) >= s.max_in_flight:
-                return None  # a sender finishing wakes us
-            return max(0.0, next_due - time.monotonic())
+        if self._pending_acks and self._link is not None:
+            acks, self._pending_acks = self._pending_acks, []
+            return functools.partial(self._link.ack, acks)
+        if now >= self._next_expiry:
+            self._expire(now)
+        if len(ledger.in_flight) < s.max_in_flight:
+            for dest in ledger.destinations.values():
+                batch = ledger.take_ready(dest, now)
+                if batch is not None:
+                    self._more_hands()
+                    return functools.partial(self._send_batch, batch)
+        flushing = self._flushing > 0 or self._closed
+        self._distribute(now, flushing)
+        cut = self._cut_size()
+        for dest in ledger.destinations.values():
+            waiting = dest.waiting
+            if waiting and (flushing or len(waiting) >= cut or waiting[0].accepted_at + s.flush_interval <= now):
+                first, items = dest.take_waiting(cut)
+                token = next(self._tokens)
+                ledger.sealing[token] = first
+                dest.sealing += 1
+                self._sealing_events += len(items)
+                self._more_hands()
+                return functools.partial(self._seal_batch, dest, token, first, items)
+        if self._spool_backlog and not self._claiming and self._room():
+            self._claiming = True
+            return functools.partial(self._claim_backlog, min(CLAIM_CHUNK, self._room()))
+        return None
 
-    def _accept_chunk(self) -> None:
-        """Move up to ENCODE_CHUNK events from the caller's deque into their destinations."""
-        incoming, destination, dropped = self._incoming, self._ledger.destination, self._ledger.dropped
-        for _ in range(min(ENCODE_CHUNK, len(incoming))):
-            event, spool_id = incoming.popleft()
-            seq = self._next_seq
-            self._next_seq = seq + 1
-            integration = event.integration
+    def _more_hands(self) -> None:
+        """A worker took a job: start another if work is left and nobody is free (lock held)."""
+        if self._idle or self._workers >= self.settings.max_in_flight:
+            return
+        if self._incoming or any(d.ready or d.waiting for d in self._ledger.destinations.values()):
+            self._start_worker()
+
+    def _wait_time(self) -> float | None:
+        """Seconds until a worker has something to do unasked (None: until woken). Lock held."""
+        s, now = self.settings, time.monotonic()
+        times = []
+        if self._held:
+            times.append(self._next_expiry)
+        if self._incoming:
+            times.append(self._incoming[0].accepted_at + s.flush_interval)
+        slots_free = len(self._ledger.in_flight) < s.max_in_flight
+        for dest in self._ledger.destinations.values():
+            if dest.waiting:
+                times.append(dest.waiting[0].accepted_at + s.flush_interval)
+            if dest.ready and slots_free and (dest.failures == 0 or dest.in_flight == 0):
+                times.append(dest.not_before)
+        return max(0.0, min(times) - now) if times else None
+
+    def _distribute(self, now: float, flushing: bool) -> None:
+        """Move events from the caller's deque to their destinations, once due (lock held)."""
+        incoming = self._incoming
+        if not incoming or not (flushing or len(incoming) >= self.settings.batch_size
+                                or incoming[0].accepted_at + self.settings.flush_interval <= now):
+            return
+        ledger, seq = self._ledger, self._taken_seq
+        last: OdpIntegration | None = None
+        dest: Destination | None = None
+        for _ in range(min(len(incoming), MOVE_CHUNK)):
+            item = incoming.popleft()
+            integration = item.integration if type(item) is OdpEvent else item.destination  # type: ignore[union-attr]
+            assert integration is not None  # the client binds events; spooled ones carry theirs
+            if integration is not last or dest is None:
+                dest, last = ledger.destination(integration), integration
+            dest.add(seq, item)
+            seq += 1
+        self._taken_seq = seq
+
+    def _cut_size(self) -> int:
+        """Events per batch: ``batch_size``, fewer when events are large (``max_batch_bytes``)."""
+        s = self.settings
+        return max(1, min(s.batch_size, s.max_batch_bytes * 4 // (5 * max(1, self._json_estimate))))
+
+    def _seal_batch(self, dest: Destination, token: int, first: int, items: list[Waiting]) -> None:
+        """Encode waiting events into batches (no lock), then make them ready."""
+        objects = sum(1 for item in items if type(item) is OdpEvent)
+        encoded_memory = sum(len(item.body) + ENCODED_OVERHEAD for item in items if type(item) is Encoded)
+        failed: list[Waiting] = []
+        try:
+            batches = self._fit(seal(dest.integration, first, items, self._json_estimate))
+        except (TypeError, ValueError, OverflowError, RecursionError):
+            batches, failed = self._seal_one_by_one(dest.integration, first, items)
+        with self._lock:
+            del self._ledger.sealing[token]
+            dest.sealing -= 1
+            self._sealing_events -= len(items)
+            self._unencoded -= objects
+            self._encoded_bytes -= encoded_memory
+            events = sum(batch.count for batch in batches)
+            if events:
+                size = sum(len(batch.body) for batch in batches) // events
+                self._json_estimate += (size - self._json_estimate) // 8
+            if failed:
+                self._log("error", f"ODP: {len(failed)} events could not be encoded and are dropped.")
+                self._give_up(len(failed), DiscardReason.INTERNAL_ERROR, _spool_ids(failed), 0)
+            for batch in batches:
+                self._encoded_bytes += batch.memory
+            if self._finished:
+                self._abandon(batches)
+            else:
+                current = self._current
+                if dest.unauthorized and current is not None and current != dest.integration:
+                    self._ledger.move(current, dest, batches, self._log)
+                else:
+                    dest.ready.extend(batches)
+            output = self._take_output()
+        self._emit(output)
+
+    def _fit(self, batch: Batch) -> list[Batch]:
+        """Split a batch until each part fits ``max_batch_bytes`` (rare: sizes are estimated)."""
+        if len(batch.body) <= self.settings.max_batch_bytes or batch.count <= 1:
+            return [batch]
+        first, second = batch.split()
+        return self._fit(first) + self._fit(second)
+
+    def _seal_one_by_one(self, integration: OdpIntegration, first: int,
+                         items: list[Waiting]) -> tuple[list[Batch], list[Waiting]]:
+        """Encode events one at a time, so only those that cannot be encoded are lost."""
+        good: list[Waiting] = []
+        failed: list[Waiting] = []
+        for item in items:
             try:
-                body = event.to_json()
-            except (TypeError, ValueError) as error:  # validated before: only a bug gets here
-                dropped[DiscardReason.INTERNAL_ERROR.value] += 1
-                self.logger.error(f"ODP event could not be encoded and was dropped: {error}")
-                continue
-            if integration is None:
-                dropped[DiscardReason.ODP_NOT_INTEGRATED.value] += 1
-                continue
-            destination(integration).add(Item(seq, body, event.accepted_at, spool_id))
-            self._buffered_events += 1
-            self._buffered_bytes += len(body)
-            self._event_bytes_estimate += (len(body) - self._event_bytes_estimate) // 64
+                good.append(item if type(item) is Encoded else Encoded(
+                    encoding.encode(item.to_dict()), item.accepted_at, 0, integration))  # type: ignore[union-attr]
+            except (TypeError, ValueError, OverflowError, RecursionError):
+                failed.append(item)
+        batches = self._fit(seal(integration, first, good, self._json_estimate)) if good else []
+        for batch in batches:  # they were objects: not in any spool
+            if batch.spool_ids is not None and not any(batch.spool_ids):
+                batch.spool_ids = None
+        return batches, failed
 
-    def _run_sender(self) -> None:
-        while True:
-            batch = self._work.get()
-            if batch is None:
-                return
-            batch.attempts += 1
-            outcome = self._transport.send(batch.destination, batch.body())
-            with self._lock:
-                self._complete(batch, outcome)
-                notes = self._take_notes()
-            self._wake.set()
-            self._fire(notes)
+    def _send_batch(self, batch: Batch) -> None:
+        """One POST (no lock), then its outcome."""
+        batch.attempts += 1
+        outcome = self._transport.send(batch.destination, batch.body)
+        halves = None
+        if outcome.kind is OutcomeKind.REJECTED and batch.count > 1 and not self._finished:
+            halves = batch.split()
+        if batch.spool_ids and self._link is not None and _resolves(outcome, batch.count):
+            self._link.ack(batch.spool_ids)  # before flush() can see these events resolved
+        with self._lock:
+            done = self._ledger.complete(batch, outcome, self._log, keep=not self._finished,
+                                         new_key=self._current, hurry=self._flushing > 0 or self._closed,
+                                         halves=halves)
+            self._after(batch, outcome, done, halves)
+            output = self._take_output()
+        self._emit(output)
 
-    # -- outcomes (called with the lock held) -------------------------------------------------
-    def _complete(self, batch: Batch, outcome: Outcome) -> None:
-        """The retry rules (the ledger's), then this manager's part: spool rows and capacity of
-        resolved events, a 401 batch re-keyed to the key now in force, the retry warning."""
-        current = self._current_integration
-        done = self._ledger.complete(batch, outcome, self.logger, new_key=current,
-                                     hurry=self._flush_requests > 0 or self._closed)
+    def _after(self, batch: Batch, outcome: Outcome, done: Completion, halves: tuple[Batch, Batch] | None) -> None:
+        """This manager's part of an outcome (lock held): memory, spool and the retry warning."""
         if done.resolved:
-            self._release(batch.items)
-            self._changed.notify_all()
-        elif done.fate is Fate.MOVE and current is not None:
-            self._ledger.move(current, batch.items, self.logger)  # a new key arrived while this batch was out
+            self._held -= batch.count
+            self._encoded_bytes -= batch.memory
+            self._done.notify_all()
+        elif done.fate is Fate.ABANDONED:
+            self._abandon([batch])
+        elif done.fate is Fate.SPLIT and halves is not None:
+            self._encoded_bytes += halves[0].memory + halves[1].memory - batch.memory
+        elif done.fate is Fate.MOVE and self._current is not None:
+            self._ledger.move(self._current, done.dest, [batch], self._log)
         elif done.fate is Fate.RETRY:
-            message = (f"ODP request failed ({outcome.detail}); {len(batch.items)} events kept, "
+            message = (f"ODP request failed ({outcome.detail}); {batch.count} events kept, "
                        f"retry #{done.dest.failures} in {done.delay:.2f}s.")
             if done.dest.unauthorized:
                 message += f" The key {mask_key(batch.destination.api_key)} is refused: waiting for a new one."
-            self.logger.warning(message)
+            self._log("warning", message)
+        self._ledger.forget_if_idle(done.dest)
 
-    def _release(self, items: list[Item]) -> None:
-        """Items are resolved for good (delivered or dropped): forget them, here and in the
-        spool. The spool rows go before flush() can see the items resolved."""
-        if self._spool is not None:
-            self._delete_from_spool([item.spool_id for item in items if item.spool_id])
-        self._buffered_events -= len(items)
-        self._buffered_bytes -= sum(len(item.body) for item in items)
+    def _claim_backlog(self, limit: int) -> None:
+        """Read events a previous run left in the spool (no lock), then queue them."""
+        assert self._link is not None
+        try:
+            claimed = self._link.claim(limit)
+        except BaseException:
+            with self._lock:
+                self._claiming = False
+            raise
+        now_wall, now = time.time(), time.monotonic()
+        with self._lock:
+            for row in claimed:
+                destination = OdpIntegration(row.host, row.api_key) if row.host else None
+                item = Encoded(row.body, now - max(0.0, now_wall - row.accepted_at), row.id, destination)
+                self._held += 1
+                self._recovered += 1
+                self._encoded_bytes += len(row.body) + ENCODED_OVERHEAD
+                if destination is None:
+                    if self._integration_known and self._current is None:
+                        self._give_up(1, DiscardReason.ODP_NOT_INTEGRATED, [row.id], len(row.body) + ENCODED_OVERHEAD)
+                    elif self._current is not None:
+                        self._ledger.destination(self._current).add(_RECOVERED_SEQ, item._replace(
+                            destination=self._current))
+                    else:
+                        self._unbound.append(item)
+                else:
+                    self._ledger.destination(destination).add(_RECOVERED_SEQ, item)
+            self._spool_backlog = len(claimed) >= limit
+            self._claiming = False
+            if claimed:
+                self._log("info", f"ODP: {len(claimed)} events from the spool of a previous run will be delivered.")
+            output = self._take_output()
+        self._emit(output)
 
-    def _resolve_dropped(self, items: list[Item], reason: DiscardReason) -> None:
-        if not items:
-            return
-        self._ledger.drop(items, reason)
-        self._release(items)
-        self._changed.notify_all()
+    # -- bookkeeping (lock held) -----------------------------------------------------------------
+    def _memory(self) -> int:
+        return self._unencoded * (self._json_estimate + OBJECT_OVERHEAD) + self._encoded_bytes
+
+    def _room(self) -> int:
+        return max(0, self.settings.max_queue_events - self._held)
+
+    def _resolved_before(self, target: int) -> bool:
+        """Every event accepted before ``target``, and every one a previous run left in the spool
+        (once a destination is known for it), is resolved."""
+        if self._spool_backlog or self._claiming:
+            return False
+        oldest = self._ledger.oldest_unresolved()
+        if self._incoming:
+            oldest = self._taken_seq if oldest is None else min(oldest, self._taken_seq)
+        return oldest is None or oldest >= target
 
     def _expire(self, now: float) -> None:
-        self._last_expiry_check = now
+        self._next_expiry = now + _EXPIRY_CHECK_INTERVAL
         cutoff = now - self.settings.max_event_age
         for dest in self._ledger.destinations.values():
-            expired = dest.take_older_than(cutoff)
+            expired = dest.take_expired(cutoff)
             if expired:
-                self.logger.error(
-                    f"ODP gave up {len(expired)} events older than {self.settings.max_event_age}s "
-                    f"(destination {dest.integration.host})."
-                )
-                self._resolve_dropped(expired, DiscardReason.EXPIRED)
+                count = sum(batch.count for batch in expired)
+                self._log("error", f"ODP gave up {count} events older than {self.settings.max_event_age:g}s "
+                                   f"(destination {dest.integration.host}).")
+                self._give_up(count, DiscardReason.EXPIRED, [i for b in expired for i in b.spool_ids or ()],
+                              sum(batch.memory for batch in expired))
 
-    def _oldest_unresolved(self) -> int | None:
-        oldest = self._ledger.oldest_unresolved()
-        if self._incoming and (oldest is None or self._next_seq < oldest):
-            return self._next_seq
-        return oldest
+    def _give_up(self, count: int, reason: DiscardReason, spool_ids: list[SpoolId], memory: int) -> None:
+        """Events given up for good: counted, announced, and their spool rows removed (soon)."""
+        if not count:
+            return
+        self._ledger.drop(count, reason)
+        self._held -= count
+        self._encoded_bytes -= memory
+        self._pending_acks.extend(i for i in spool_ids if i)
+        self._done.notify_all()
 
-    def _undelivered(self) -> int:
-        with self._lock:
-            return self._buffered_events + len(self._incoming)
+    def _abandon(self, batches: list[Batch]) -> tuple[int, int]:
+        """After close gave up: what a spool holds stays there for the next start; the rest is
+        dropped (``shutdown``). Returns (dropped, kept)."""
+        dropped = kept = 0
+        for batch in batches:
+            ids = batch.spool_ids or ()
+            in_spool = sum(1 for i in ids if i)
+            kept += in_spool
+            dropped += batch.count - in_spool
+            self._encoded_bytes -= batch.memory
+        self._ledger.drop(dropped, DiscardReason.SHUTDOWN)
+        self._held -= dropped
+        self._done.notify_all()
+        return dropped, kept
 
-    def _delete_from_spool(self, rowids: list[SpoolId]) -> None:
-        assert self._spool is not None
-        if not rowids:
+    def _abandon_everything(self) -> tuple[int, int]:
+        """At close, after the flush: everything not in flight or being encoded. (dropped, kept)"""
+        items = list(self._incoming)
+        self._incoming.clear()
+        for dest in self._ledger.destinations.values():
+            items += dest.waiting
+            dest.waiting, dest.waiting_seqs = [], []
+        dropped = kept = 0
+        for item in items:
+            if type(item) is OdpEvent:
+                self._unencoded -= 1
+                dropped += 1
+                continue
+            self._encoded_bytes -= len(item.body) + ENCODED_OVERHEAD  # type: ignore[union-attr]
+            if item.spool_id:  # type: ignore[union-attr]
+                kept += 1
+            else:
+                dropped += 1
+        self._ledger.drop(dropped, DiscardReason.SHUTDOWN)
+        self._held -= dropped
+        more_dropped, more_kept = self._abandon(self._ledger.take_all())
+        return dropped + more_dropped, kept + more_kept + len(self._unbound)
+
+    def _log(self, level: str, message: str) -> None:
+        """Log once the lock is released (lock held)."""
+        self._logs.append((level, message))
+
+    def _take_output(self) -> Output:
+        """The log lines and notifications collected so far, for :meth:`_emit` (lock held)."""
+        logs, self._logs = self._logs, []
+        notes = self._ledger.take_notes()
+        if not (logs or notes):
+            return Output(-1, notes, logs)
+        number = self._outputs_taken
+        self._outputs_taken += 1
+        self._unemitted.add(number)
+        return Output(number, notes, logs)
+
+    def _emit(self, output: Output) -> None:
+        """Write the collected log lines and fire the notifications (lock released); flush()
+        returns only once what was collected before it saw its events resolved is out."""
+        if output.number < 0:
             return
         try:
-            self._spool.delete(rowids)
-        except SpoolError as error:
-            self.logger.error(f"ODP spool rows could not be deleted (they may be sent again): {error}")
+            for level, message in output.logs:
+                getattr(self.logger, level)(message)
+            notifications.fire(self.notification_center, output.notes)
+        finally:
+            with self._lock:
+                self._unemitted.discard(output.number)
+                self._done.notify_all()
 
-    def _take_notes(self) -> list[notifications.Note]:
-        """The notifications collected under the lock, to fire once it is released."""
-        return self._ledger.take_notes()
+    def _announced_before(self, number: int) -> bool:
+        """Every output taken before ``number`` was emitted (lock held)."""
+        return not self._unemitted or min(self._unemitted) >= number
 
-    def _fire(self, notes: list[notifications.Note]) -> None:
-        notifications.fire(self.notification_center, notes)
-
-    # -- fork and exit -------------------------------------------------------------------------
+    # -- fork and exit ---------------------------------------------------------------------------
     def after_fork_in_child(self) -> None:
-        """The parent keeps delivering what it queued; the child starts afresh, in memory:
-        a spool file belongs to the process that opened it."""
-        if self._spool is not None:
-            self._spool = None
-            self._spool_lost_in_fork = True
+        """The parent keeps delivering what it queued; the child starts afresh, in memory: a
+        spool that allows one process belongs to the process that opened it."""
+        if self._link is not None and not self._link.shared:
+            self._link = None
+            self._spool_problem = SpoolProblem.lost_in_fork()
         self._init_runtime_state()
 
     def at_exit(self) -> None:
         if not self._closed:
             self.close(self.settings.exit_timeout)
+
+
+def _spool_ids(items: list[Waiting]) -> list[SpoolId]:
+    return [item.spool_id for item in items if type(item) is Encoded and item.spool_id]
+
+
+def _closed_result() -> SendResult:
+    return SendResult.discarded(DiscardReason.CLOSED, "ODP event manager is closed; event discarded.")
+
+
+def _queue_full_result(s: ManagerSettings) -> SendResult:
+    return SendResult.discarded(
+        DiscardReason.QUEUE_FULL,
+        f"ODP event queue is full ({s.max_queue_events} events / {s.max_queue_bytes} bytes); event discarded.")
