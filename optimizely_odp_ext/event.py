@@ -12,6 +12,7 @@ import json
 import math
 import random
 import time
+from collections.abc import Iterable, Mapping
 from typing import Any, Union
 
 from optimizely_odp_ext.compat import SDK_VERSION
@@ -37,6 +38,29 @@ def new_idempotence_id() -> str:
     """
     digits = "%032x" % (random.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET)
     return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+
+
+Pairs = Union[Mapping[str, Any], Iterable[tuple[str, Any]]]
+"""A dict, or its ``items()`` (how a manager may keep an event compactly)."""
+
+
+def wire_data(data: Pairs | None) -> OdpData:
+    """The ``data`` object as the official client sends it: the default data (a new
+    idempotence id each call), then the caller's on top (same keys keep their place)."""
+    wire: OdpData = {
+        "idempotence_id": new_idempotence_id(),
+        "data_source_type": "sdk",
+        "data_source": "python-sdk",
+        "data_source_version": SDK_VERSION,
+    }
+    if data:
+        wire.update(data)
+    return wire
+
+
+def wire_dict(type: str, action: str, identifiers: Pairs, data: Pairs | None) -> dict[str, Any]:
+    """One event as ODP receives it, in the official client's key order."""
+    return {"type": type, "action": action, "identifiers": dict(identifiers), "data": wire_data(data)}
 
 
 class InvalidEventError(ValueError):
@@ -77,20 +101,11 @@ class OdpEvent:
 
     def wire_data(self) -> OdpData:
         """The ``data`` object as sent: the default data, then the caller's on top."""
-        data: OdpData = {
-            "idempotence_id": new_idempotence_id(),
-            "data_source_type": "sdk",
-            "data_source": "python-sdk",
-            "data_source_version": SDK_VERSION,
-        }
-        if self.data:
-            data.update(self.data)
-        return data
+        return wire_data(self.data)
 
     def to_dict(self) -> dict[str, Any]:
         """The event as ODP receives it (a new idempotence id each call: prefer :meth:`to_json`)."""
-        return {"type": self.type, "action": self.action, "identifiers": self.identifiers,
-                "data": self.wire_data()}
+        return wire_dict(self.type, self.action, self.identifiers, self.data)
 
     def to_json(self) -> bytes:
         """The event's JSON, computed once: its idempotence id stays the same across retries."""

@@ -17,7 +17,6 @@ import functools
 import itertools
 import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from typing import Any, Callable, NamedTuple
 
@@ -26,7 +25,16 @@ from optimizely_odp_ext.event import OdpEvent
 from optimizely_odp_ext.integration import OdpIntegration, mask_key
 from optimizely_odp_ext.managers import lifecycle
 from optimizely_odp_ext.managers.base import DEFAULT_FLUSH_TIMEOUT, EventManager
-from optimizely_odp_ext.managers.batching import OBJECT_OVERHEAD, Batch, Destination, Encoded, Waiting, seal
+from optimizely_odp_ext.managers.batching import (
+    OBJECT_OVERHEAD,
+    Batch,
+    Destination,
+    Encoded,
+    Waiting,
+    queued,
+    seal,
+    to_wire,
+)
 from optimizely_odp_ext.managers.ledger import Completion, DeliveryLedger, Fate
 from optimizely_odp_ext.managers.spool_link import SpoolLink
 from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
@@ -35,8 +43,8 @@ from optimizely_odp_ext.spool import Spool, SpoolId, SpoolRecord
 from optimizely_odp_ext.spool.opening import SpoolProblem, open_configured_spool
 from optimizely_odp_ext.transport import Outcome, OutcomeKind, Transport
 
-MOVE_CHUNK = 500
-"""Events moved from the caller's deque to their destinations per hold of the lock."""
+SPAWN_LATENCY = 0.005
+"""Seconds a request must take, on average, before a second worker is worth its GIL contention."""
 CLAIM_CHUNK = 5000
 """Events a previous run left in the spool, read per call."""
 ENCODED_OVERHEAD = 120
@@ -105,11 +113,10 @@ class BatchEventManager(EventManager):
         """Idle workers wait here."""
         self._done = threading.Condition(self._lock)
         """Notified whenever events are resolved (delivered or given up), for flush()."""
-        self._incoming: deque[Waiting] = deque()
         self._next_seq = 0
-        """The acceptance order of the next event appended to ``_incoming``."""
-        self._taken_seq = 0
-        """The acceptance order of ``_incoming[0]``."""
+        """The acceptance order of the next event."""
+        self._route: tuple[OdpIntegration | None, Destination | None] = (None, None)
+        """The last integration an event went to and its destination (most events share one)."""
         self._accepted = 0
         self._recovered = 0
         self._held = 0
@@ -131,6 +138,8 @@ class BatchEventManager(EventManager):
         self._sealing_events = 0
         self._workers = 0
         self._idle = 0
+        self._request_time = 0.0
+        """Mean duration of a request lately: more workers only help when requests are slow."""
         self._flushing = 0
         self._stopping = False
         self._finished = False
@@ -144,6 +153,8 @@ class BatchEventManager(EventManager):
         self._spool_backlog = self._link is not None and not self._link.shared
         """A spool of a previous run may hold events not read yet."""
         self._claiming = False
+        self._storing = 0
+        """Callers writing an accepted event to a write-through spool right now."""
 
     # -- the caller's side -------------------------------------------------------------------
     def start(self, *, logger: Any, notification_center: Any, integration: OdpIntegration | None) -> None:
@@ -160,17 +171,21 @@ class BatchEventManager(EventManager):
                 logger.error(line)
         with self._lock:
             self._current = integration
-            if self._spool_backlog and not self._workers:
-                self._start_worker()
+            start = self._spool_backlog and self._reserve_worker()
+        if start:
+            self._start_worker()
 
     def send(self, event: OdpEvent) -> SendResult:
         """Queue one event. Non-blocking (with a write-through spool: waits for the store's
         write), thread-safe, never raises. A refusal is returned, not counted or logged here."""
         if self._closed:
             return _closed_result()
+        integration = event.integration
+        if integration is None:  # the client binds every event before handing it over
+            return SendResult.discarded(DiscardReason.ODP_NOT_INTEGRATED, "ODP event has no integration.")
         link = self._link
         if link is not None and link.write_through:
-            return self._send_through(event, link)
+            return self._send_through(event, integration, link)
         estimate = self._json_estimate + OBJECT_OVERHEAD
         s = self.settings
         with self._lock:
@@ -182,22 +197,17 @@ class BatchEventManager(EventManager):
             self._held += 1
             self._unencoded += 1
             self._accepted += 1
-            self._next_seq += 1
-            incoming = self._incoming
-            incoming.append(event)
-            if self._idle:
-                waiting = len(incoming)
-                if waiting == 1 or waiting == s.batch_size:
-                    self._work.notify()
-            elif not self._workers:
-                self._start_worker()
+            seq = self._next_seq
+            self._next_seq = seq + 1
+            dest = self._destination(integration)
+            dest.waiting.append(queued(seq, event))
+            start = self._wake_for(len(dest.waiting))
+        if start:
+            self._start_worker()
         return ACCEPTED
 
-    def _send_through(self, event: OdpEvent, link: SpoolLink) -> SendResult:
+    def _send_through(self, event: OdpEvent, integration: OdpIntegration, link: SpoolLink) -> SendResult:
         """``send`` with a write-through spool: the event is stored before this returns."""
-        integration = event.integration
-        if integration is None:
-            return SendResult.discarded(DiscardReason.ODP_NOT_INTEGRATED, "ODP event has no integration.")
         try:
             body = encoding.encode(event.to_dict())
         except (TypeError, ValueError, OverflowError) as error:
@@ -207,22 +217,46 @@ class BatchEventManager(EventManager):
         with self._lock:
             if self._closed:
                 return _closed_result()
-            memory = self._unencoded * (self._json_estimate + OBJECT_OVERHEAD) + self._encoded_bytes
-            if self._held >= s.max_queue_events or memory + size > s.max_queue_bytes:
+            if self._held >= s.max_queue_events or self._memory() + size > s.max_queue_bytes:
                 return _queue_full_result(s)
             self._held += 1
             self._accepted += 1
             self._encoded_bytes += size
-        ids = link.append([SpoolRecord(integration.host, integration.api_key, body, time.time())])
-        item = Encoded(body, event.accepted_at, ids[0] if ids else 0, integration)
-        with self._lock:
-            self._next_seq += 1
-            self._incoming.append(item)
-            if self._idle and len(self._incoming) in (1, s.batch_size):
-                self._work.notify()
-            elif not self._workers and not self._stopping:
-                self._start_worker()
+            seq = self._next_seq
+            self._next_seq = seq + 1
+            self._storing += 1
+        try:
+            ids = link.append([SpoolRecord(integration.host, integration.api_key, body, time.time())])
+        finally:
+            with self._lock:
+                self._storing -= 1
+                dest = self._destination(integration)
+                dest.waiting.append(Encoded(seq, event.accepted_at, body, ids[0] if ids else 0))
+                if len(dest.waiting) > 1 and dest.waiting[-2][0] > seq:  # another caller stored first
+                    dest.waiting.sort(key=_seq_of)
+                start = self._wake_for(len(dest.waiting))
+        if start:
+            self._start_worker()
         return ACCEPTED
+
+    def _destination(self, integration: OdpIntegration) -> Destination:
+        """Where events for ``integration`` wait (lock held); cheap for the usual single one."""
+        last, dest = self._route
+        if integration is last and dest is not None:
+            return dest
+        dest = self._ledger.destination(integration)
+        self._route = (integration, dest)
+        return dest
+
+    def _wake_for(self, waiting: int) -> bool:
+        """After an event joined a destination's queue of ``waiting`` (lock held): wake an idle
+        worker when the first event arrives (to time the flush interval) or a batch is full;
+        True when a worker must be started."""
+        if self._idle:
+            if waiting == 1 or waiting == self._cut_size():
+                self._work.notify()
+            return False
+        return not self._workers and self._reserve_worker()
 
     def park(self, events: Sequence[OdpEvent]) -> int:
         """Store events whose destination is not known yet in the spool, for the next start.
@@ -255,8 +289,12 @@ class BatchEventManager(EventManager):
             try:
                 self._ledger.hurry(time.monotonic())
                 self._work.notify_all()
-                if not self._workers and not self._stopping:
-                    self._start_worker()
+                if not self._workers and self._reserve_worker():
+                    self._lock.release()
+                    try:
+                        self._start_worker()
+                    finally:
+                        self._lock.acquire()
                 while not self._resolved_before(target):
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
@@ -303,7 +341,10 @@ class BatchEventManager(EventManager):
             self._work.notify_all()
             self._done.notify_all()
             output = self._take_output()
+            acks, self._pending_acks = self._pending_acks, []
         self._emit(output)
+        if acks and self._link is not None:
+            self._link.ack(acks)
         if dropped or kept or in_flight:
             where = f"; {kept} of them stay in the spool for the next start" if kept else ""
             flying = f"; {in_flight} were still in flight" if in_flight else ""
@@ -346,23 +387,32 @@ class BatchEventManager(EventManager):
                 self._give_up(len(unbound), DiscardReason.ODP_NOT_INTEGRATED, [item.spool_id for item in unbound],
                               sum(len(item.body) + ENCODED_OVERHEAD for item in unbound))
             else:
-                dest = self._ledger.destination(integration)
-                for item in unbound:
-                    dest.add(_RECOVERED_SEQ, item._replace(destination=integration))
+                self._ledger.destination(integration).put_back_first(unbound)
                 self._ledger.move_refused(integration, self._log)
             self._work.notify()
-            if not self._workers and self._held:
-                self._start_worker()
+            start = not self._workers and self._held > 0 and self._reserve_worker()
             output = self._take_output()
+        if start:
+            self._start_worker()
         self._emit(output)
 
     # -- workers ---------------------------------------------------------------------------------
-    def _start_worker(self) -> None:
-        """Lock held."""
+    def _reserve_worker(self) -> bool:
+        """Count one more worker if one may start (lock held); the caller then calls
+        :meth:`_start_worker` once it released the lock (starting a thread waits for it)."""
         if self._stopping or self._workers >= self.settings.max_in_flight:
-            return
+            return False
         self._workers += 1
-        threading.Thread(target=self._run_worker, name=f"odp-worker-{self._workers}", daemon=True).start()
+        return True
+
+    def _start_worker(self) -> None:
+        """Start a reserved worker (lock released)."""
+        try:
+            threading.Thread(target=self._run_worker, name="odp-worker", daemon=True).start()
+        except BaseException:  # e.g. "can't start new thread": the others carry on
+            with self._lock:
+                self._workers -= 1
+            raise
 
     def _run_worker(self) -> None:
         lock = self._lock
@@ -404,29 +454,33 @@ class BatchEventManager(EventManager):
                     self._more_hands()
                     return functools.partial(self._send_batch, batch)
         flushing = self._flushing > 0 or self._closed
-        self._distribute(now, flushing)
         cut = self._cut_size()
         for dest in ledger.destinations.values():
             waiting = dest.waiting
-            if waiting and (flushing or len(waiting) >= cut or waiting[0].accepted_at + s.flush_interval <= now):
-                first, items = dest.take_waiting(cut)
+            if waiting and (flushing or len(waiting) >= cut or waiting[0][1] + s.flush_interval <= now):
+                items = dest.take_waiting(cut)
                 token = next(self._tokens)
-                ledger.sealing[token] = first
+                ledger.sealing[token] = items[0][0]
                 dest.sealing += 1
                 self._sealing_events += len(items)
                 self._more_hands()
-                return functools.partial(self._seal_batch, dest, token, first, items)
+                return functools.partial(self._seal_batch, dest, token, items)
         if self._spool_backlog and not self._claiming and self._room():
             self._claiming = True
             return functools.partial(self._claim_backlog, min(CLAIM_CHUNK, self._room()))
         return None
 
     def _more_hands(self) -> None:
-        """A worker took a job: start another if work is left and nobody is free (lock held)."""
-        if self._idle or self._workers >= self.settings.max_in_flight:
+        """A worker took a job: when requests are slow (while one waits for ODP another could
+        encode and send), work is left and nobody is free, start another worker (lock held)."""
+        if self._idle or self._request_time < SPAWN_LATENCY or self._workers >= self.settings.max_in_flight:
             return
-        if self._incoming or any(d.ready or d.waiting for d in self._ledger.destinations.values()):
-            self._start_worker()
+        if any(d.ready or d.waiting for d in self._ledger.destinations.values()) and self._reserve_worker():
+            self._lock.release()
+            try:
+                self._start_worker()
+            finally:
+                self._lock.acquire()
 
     def _wait_time(self) -> float | None:
         """Seconds until a worker has something to do unasked (None: until woken). Lock held."""
@@ -434,49 +488,28 @@ class BatchEventManager(EventManager):
         times = []
         if self._held:
             times.append(self._next_expiry)
-        if self._incoming:
-            times.append(self._incoming[0].accepted_at + s.flush_interval)
         slots_free = len(self._ledger.in_flight) < s.max_in_flight
         for dest in self._ledger.destinations.values():
             if dest.waiting:
-                times.append(dest.waiting[0].accepted_at + s.flush_interval)
+                times.append(dest.waiting[0][1] + s.flush_interval)
             if dest.ready and slots_free and (dest.failures == 0 or dest.in_flight == 0):
                 times.append(dest.not_before)
         return max(0.0, min(times) - now) if times else None
-
-    def _distribute(self, now: float, flushing: bool) -> None:
-        """Move events from the caller's deque to their destinations, once due (lock held)."""
-        incoming = self._incoming
-        if not incoming or not (flushing or len(incoming) >= self.settings.batch_size
-                                or incoming[0].accepted_at + self.settings.flush_interval <= now):
-            return
-        ledger, seq = self._ledger, self._taken_seq
-        last: OdpIntegration | None = None
-        dest: Destination | None = None
-        for _ in range(min(len(incoming), MOVE_CHUNK)):
-            item = incoming.popleft()
-            integration = item.integration if type(item) is OdpEvent else item.destination  # type: ignore[union-attr]
-            assert integration is not None  # the client binds events; spooled ones carry theirs
-            if integration is not last or dest is None:
-                dest, last = ledger.destination(integration), integration
-            dest.add(seq, item)
-            seq += 1
-        self._taken_seq = seq
 
     def _cut_size(self) -> int:
         """Events per batch: ``batch_size``, fewer when events are large (``max_batch_bytes``)."""
         s = self.settings
         return max(1, min(s.batch_size, s.max_batch_bytes * 4 // (5 * max(1, self._json_estimate))))
 
-    def _seal_batch(self, dest: Destination, token: int, first: int, items: list[Waiting]) -> None:
+    def _seal_batch(self, dest: Destination, token: int, items: list[Waiting]) -> None:
         """Encode waiting events into batches (no lock), then make them ready."""
-        objects = sum(1 for item in items if type(item) is OdpEvent)
-        encoded_memory = sum(len(item.body) + ENCODED_OVERHEAD for item in items if type(item) is Encoded)
+        objects = sum(1 for item in items if type(item) is tuple)
+        encoded_memory = _encoded_memory(items)
         failed: list[Waiting] = []
         try:
-            batches = self._fit(seal(dest.integration, first, items, self._json_estimate))
+            batches = self._fit(seal(dest.integration, items, self._json_estimate))
         except (TypeError, ValueError, OverflowError, RecursionError):
-            batches, failed = self._seal_one_by_one(dest.integration, first, items)
+            batches, failed = self._seal_one_by_one(dest.integration, items)
         with self._lock:
             del self._ledger.sealing[token]
             dest.sealing -= 1
@@ -510,7 +543,7 @@ class BatchEventManager(EventManager):
         first, second = batch.split()
         return self._fit(first) + self._fit(second)
 
-    def _seal_one_by_one(self, integration: OdpIntegration, first: int,
+    def _seal_one_by_one(self, integration: OdpIntegration,
                          items: list[Waiting]) -> tuple[list[Batch], list[Waiting]]:
         """Encode events one at a time, so only those that cannot be encoded are lost."""
         good: list[Waiting] = []
@@ -518,10 +551,10 @@ class BatchEventManager(EventManager):
         for item in items:
             try:
                 good.append(item if type(item) is Encoded else Encoded(
-                    encoding.encode(item.to_dict()), item.accepted_at, 0, integration))  # type: ignore[union-attr]
+                    item[0], item[1], encoding.encode(to_wire(item)), 0))  # type: ignore[arg-type]
             except (TypeError, ValueError, OverflowError, RecursionError):
                 failed.append(item)
-        batches = self._fit(seal(integration, first, good, self._json_estimate)) if good else []
+        batches = self._fit(seal(integration, good, self._json_estimate)) if good else []
         for batch in batches:  # they were objects: not in any spool
             if batch.spool_ids is not None and not any(batch.spool_ids):
                 batch.spool_ids = None
@@ -530,13 +563,16 @@ class BatchEventManager(EventManager):
     def _send_batch(self, batch: Batch) -> None:
         """One POST (no lock), then its outcome."""
         batch.attempts += 1
+        started = time.monotonic()
         outcome = self._transport.send(batch.destination, batch.body)
+        took = time.monotonic() - started
         halves = None
         if outcome.kind is OutcomeKind.REJECTED and batch.count > 1 and not self._finished:
             halves = batch.split()
         if batch.spool_ids and self._link is not None and _resolves(outcome, batch.count):
             self._link.ack(batch.spool_ids)  # before flush() can see these events resolved
         with self._lock:
+            self._request_time += (took - self._request_time) * 0.25
             done = self._ledger.complete(batch, outcome, self._log, keep=not self._finished,
                                          new_key=self._current, hurry=self._flushing > 0 or self._closed,
                                          halves=halves)
@@ -562,7 +598,8 @@ class BatchEventManager(EventManager):
             if done.dest.unauthorized:
                 message += f" The key {mask_key(batch.destination.api_key)} is refused: waiting for a new one."
             self._log("warning", message)
-        self._ledger.forget_if_idle(done.dest)
+        if self._ledger.forget_if_idle(done.dest):
+            self._route = (None, None)
 
     def _claim_backlog(self, limit: int) -> None:
         """Read events a previous run left in the spool (no lock), then queue them."""
@@ -575,22 +612,22 @@ class BatchEventManager(EventManager):
             raise
         now_wall, now = time.time(), time.monotonic()
         with self._lock:
+            by_destination: dict[OdpIntegration | None, list[Encoded]] = {}
             for row in claimed:
-                destination = OdpIntegration(row.host, row.api_key) if row.host else None
-                item = Encoded(row.body, now - max(0.0, now_wall - row.accepted_at), row.id, destination)
+                destination = OdpIntegration(row.host, row.api_key) if row.host else self._current
+                item = Encoded(_RECOVERED_SEQ, now - max(0.0, now_wall - row.accepted_at), row.body, row.id)
+                by_destination.setdefault(destination, []).append(item)
                 self._held += 1
                 self._recovered += 1
                 self._encoded_bytes += len(row.body) + ENCODED_OVERHEAD
-                if destination is None:
-                    if self._integration_known and self._current is None:
-                        self._give_up(1, DiscardReason.ODP_NOT_INTEGRATED, [row.id], len(row.body) + ENCODED_OVERHEAD)
-                    elif self._current is not None:
-                        self._ledger.destination(self._current).add(_RECOVERED_SEQ, item._replace(
-                            destination=self._current))
-                    else:
-                        self._unbound.append(item)
+            for destination, items in by_destination.items():
+                if destination is not None:
+                    self._ledger.destination(destination).put_back_first(items)
+                elif self._integration_known:  # parked before a datafile, and ODP is not integrated
+                    self._give_up(len(items), DiscardReason.ODP_NOT_INTEGRATED, [i.spool_id for i in items],
+                                  _encoded_memory(items))
                 else:
-                    self._ledger.destination(destination).add(_RECOVERED_SEQ, item)
+                    self._unbound += items
             self._spool_backlog = len(claimed) >= limit
             self._claiming = False
             if claimed:
@@ -606,13 +643,11 @@ class BatchEventManager(EventManager):
         return max(0, self.settings.max_queue_events - self._held)
 
     def _resolved_before(self, target: int) -> bool:
-        """Every event accepted before ``target``, and every one a previous run left in the spool
-        (once a destination is known for it), is resolved."""
-        if self._spool_backlog or self._claiming:
+        """Every event accepted before ``target``, and every one a previous run left in the spool,
+        is resolved."""
+        if self._spool_backlog or self._claiming or self._storing or self._unbound:
             return False
         oldest = self._ledger.oldest_unresolved()
-        if self._incoming:
-            oldest = self._taken_seq if oldest is None else min(oldest, self._taken_seq)
         return oldest is None or oldest >= target
 
     def _expire(self, now: float) -> None:
@@ -654,22 +689,19 @@ class BatchEventManager(EventManager):
 
     def _abandon_everything(self) -> tuple[int, int]:
         """At close, after the flush: everything not in flight or being encoded. (dropped, kept)"""
-        items = list(self._incoming)
-        self._incoming.clear()
-        for dest in self._ledger.destinations.values():
-            items += dest.waiting
-            dest.waiting, dest.waiting_seqs = [], []
         dropped = kept = 0
-        for item in items:
-            if type(item) is OdpEvent:
-                self._unencoded -= 1
-                dropped += 1
-                continue
-            self._encoded_bytes -= len(item.body) + ENCODED_OVERHEAD  # type: ignore[union-attr]
-            if item.spool_id:  # type: ignore[union-attr]
-                kept += 1
-            else:
-                dropped += 1
+        for dest in self._ledger.destinations.values():
+            for item in dest.waiting:
+                if type(item) is tuple:
+                    self._unencoded -= 1
+                    dropped += 1
+                elif isinstance(item, Encoded):
+                    self._encoded_bytes -= len(item.body) + ENCODED_OVERHEAD
+                    if item.spool_id:
+                        kept += 1
+                    else:
+                        dropped += 1
+            dest.waiting = []
         self._ledger.drop(dropped, DiscardReason.SHUTDOWN)
         self._held -= dropped
         more_dropped, more_kept = self._abandon(self._ledger.take_all())
@@ -723,7 +755,16 @@ class BatchEventManager(EventManager):
 
 
 def _spool_ids(items: list[Waiting]) -> list[SpoolId]:
-    return [item.spool_id for item in items if type(item) is Encoded and item.spool_id]
+    return [item.spool_id for item in items if isinstance(item, Encoded) and item.spool_id]
+
+
+def _encoded_memory(items: Sequence[Waiting]) -> int:
+    """What the already encoded events among ``items`` count against ``max_queue_bytes``."""
+    return sum(len(item.body) + ENCODED_OVERHEAD for item in items if type(item) is Encoded)
+
+
+def _seq_of(item: Waiting) -> int:
+    return item[0]
 
 
 def _closed_result() -> SendResult:

@@ -14,10 +14,10 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Sequence
-from typing import NamedTuple, Union
+from typing import Any, NamedTuple, Union
 
 from optimizely_odp_ext import encoding
-from optimizely_odp_ext.event import OdpEvent
+from optimizely_odp_ext.event import OdpEvent, wire_dict
 from optimizely_odp_ext.integration import OdpIntegration
 from optimizely_odp_ext.spool.base import SpoolId
 
@@ -30,20 +30,33 @@ OBJECT_OVERHEAD = 400
 ``max_queue_bytes``; measured with tracemalloc for a typical event of a few fields."""
 
 
+Queued = tuple[int, float, str, str, tuple[tuple[str, Any], ...], tuple[tuple[str, Any], ...]]
+"""An accepted event as it waits for its batch: ``(seq, accepted_at, type, action,
+identifiers.items(), data.items())``. A tuple of strings and numbers only, so the garbage
+collector stops tracking it (a burst of queued events does not slow every collection)."""
+
+
+def queued(seq: int, event: OdpEvent) -> Queued:
+    """The compact form of ``event``, with its acceptance order."""
+    data = event.data
+    return (seq, event.accepted_at, event.type, event.action, tuple(event.identifiers.items()),
+            tuple(data.items()) if data else ())
+
+
 class Encoded(NamedTuple):
     """An event that was encoded already (a spool keeps it as bytes)."""
 
-    body: bytes
+    seq: int
+    """Its acceptance order (-1: read back from a spool, older than any of this run)."""
     accepted_at: float
     """``time.monotonic()`` when accepted (in this process's clock)."""
+    body: bytes
     spool_id: SpoolId
     """Its id in the spool; 0 when it is not in one."""
-    destination: OdpIntegration | None
-    """Where it goes; None for an event read back from a spool that did not know yet."""
 
 
-Waiting = Union[OdpEvent, Encoded]
-"""An event waiting for its batch: the caller's object, or its bytes."""
+Waiting = Union[Queued, Encoded]
+"""An event waiting for its batch. ``item[0]`` is its acceptance order, ``item[1]`` when."""
 
 _batch_ids = itertools.count(1)
 
@@ -90,38 +103,40 @@ class Batch:
         return f"Batch(id={self.id}, host={self.destination.host!r}, count={self.count})"
 
 
-def accepted_at(item: Waiting) -> float:
-    return item.accepted_at
+def to_wire(item: Queued) -> dict[str, Any]:
+    """The dict ``json.dumps`` turns into the event's bytes (a new idempotence id)."""
+    return wire_dict(item[2], item[3], item[4], item[5])
 
 
-def seal(destination: OdpIntegration, first_seq: int, items: Sequence[Waiting], size_hint: int) -> Batch:
-    """Encode waiting events into one batch. Slow (it encodes), so it runs without the lock.
+def seal(destination: OdpIntegration, items: Sequence[Waiting], size_hint: int) -> Batch:
+    """Encode waiting events (in acceptance order) into one batch. Slow (it encodes), so it
+    runs without the lock.
 
     Raises:
-        ValueError, TypeError: an event cannot be encoded (validation should make that impossible).
+        ValueError, TypeError, OverflowError: an event cannot be encoded (validation should
+            make that impossible).
     """
     spool_ids: list[SpoolId] | None = None
-    if all(type(item) is OdpEvent for item in items):
-        body = encoding.encode_list([item.to_dict() for item in items], size_hint)  # type: ignore[union-attr]
+    if all(type(item) is tuple for item in items):
+        body = encoding.encode_list([to_wire(item) for item in items], size_hint)  # type: ignore[arg-type]
     else:
-        body = encoding.join([item.body if isinstance(item, Encoded) else encoding.encode(item.to_dict())
+        body = encoding.join([item.body if isinstance(item, Encoded) else encoding.encode(to_wire(item))
                               for item in items])
         spool_ids = [item.spool_id if isinstance(item, Encoded) else 0 for item in items]
-    return Batch(destination, body, len(items), first_seq, min(map(accepted_at, items)), spool_ids)
+    return Batch(destination, body, len(items), items[0][0], min(item[1] for item in items), spool_ids)
 
 
 class Destination:
     """The events bound for one integration (host and key), and its retry state."""
 
     __slots__ = ("failures", "in_flight", "integration", "not_before", "ready", "sealing",
-                 "server_wait_until", "unauthorized", "waiting", "waiting_seqs")
+                 "server_wait_until", "unauthorized", "waiting")
 
     def __init__(self, integration: OdpIntegration) -> None:
         self.integration = integration
         self.waiting: list[Waiting] = []
-        """Events not cut into a batch yet, oldest first (at most a batch's worth)."""
-        self.waiting_seqs: list[int] = []
-        """The acceptance order of each waiting event, for flush()."""
+        """Events not cut into a batch yet, in acceptance order (events read back from a spool
+        first)."""
         self.ready: deque[Batch] = deque()
         """Batches to send as they are: new ones, retries, the halves of a refused batch."""
         self.sealing = 0
@@ -140,19 +155,17 @@ class Destination:
     def is_idle(self) -> bool:
         return not (self.waiting or self.ready or self.sealing or self.in_flight)
 
-    def add(self, seq: int, item: Waiting) -> None:
-        self.waiting.append(item)
-        self.waiting_seqs.append(seq)
-
-    def take_waiting(self, limit: int) -> tuple[int, list[Waiting]]:
-        """Remove up to ``limit`` waiting events, oldest first: ``(seq of the first, events)``."""
-        first = self.waiting_seqs[0]
+    def take_waiting(self, limit: int) -> list[Waiting]:
+        """Remove up to ``limit`` waiting events, oldest first."""
         if len(self.waiting) <= limit:
-            taken, self.waiting, self.waiting_seqs = self.waiting, [], []
+            taken, self.waiting = self.waiting, []
         else:
             taken, self.waiting = self.waiting[:limit], self.waiting[limit:]
-            del self.waiting_seqs[:limit]
-        return first, taken
+        return taken
+
+    def put_back_first(self, items: Sequence[Waiting]) -> None:
+        """Events that go before those waiting (read back from a spool, or re-homed)."""
+        self.waiting[:0] = items
 
     def can_send(self, now: float) -> bool:
         return now >= self.not_before and (self.failures == 0 or self.in_flight == 0)
@@ -163,13 +176,13 @@ class Destination:
         if self.ready:
             times.append(self.not_before)
         if self.waiting:
-            times.append(self.waiting[0].accepted_at + flush_interval)
+            times.append(self.waiting[0][1] + flush_interval)
         return min(times) if times else None
 
     def min_seq(self) -> int | None:
         seqs = [batch.min_seq for batch in self.ready]
-        if self.waiting_seqs:
-            seqs.append(self.waiting_seqs[0])
+        if self.waiting:
+            seqs.append(self.waiting[0][0])
         return min(seqs) if seqs else None
 
     def take_expired(self, cutoff: float) -> list[Batch]:

@@ -52,6 +52,9 @@ class Completion(NamedTuple):
         return self.fate is Fate.DELIVERED or self.fate is Fate.DROPPED
 
 
+KEEP_DESTINATIONS = 4
+"""Idle destinations are kept while there are no more than this many (a key rotation leaves a few)."""
+
 Log = Callable[[str, str], None]
 """``log(level, message)``: a line to write once the manager's lock is released."""
 
@@ -81,10 +84,14 @@ class DeliveryLedger:
             dest = self.destinations[integration] = Destination(integration)
         return dest
 
-    def forget_if_idle(self, dest: Destination) -> None:
-        """Drop a destination with nothing left to do and no failure to remember."""
-        if dest.is_idle() and dest.failures == 0 and self.destinations.get(dest.integration) is dest:
+    def forget_if_idle(self, dest: Destination) -> bool:
+        """Drop a destination with nothing left to do and no failure to remember, when there are
+        several (one that keeps coming back is kept); True if it was dropped."""
+        if (len(self.destinations) > KEEP_DESTINATIONS and dest.is_idle() and dest.failures == 0
+                and self.destinations.get(dest.integration) is dest):
             del self.destinations[dest.integration]
+            return True
+        return False
 
     def take_ready(self, dest: Destination, now: float) -> Batch | None:
         """The next ready batch of ``dest`` if it may send now, counted in flight."""
@@ -177,11 +184,10 @@ class DeliveryLedger:
         for batch in batches:
             batch.destination = integration
         moved = sum(batch.count for batch in batches)
-        if source is not target:
+        if source is not target and source.waiting:
             moved += len(source.waiting)
-            for seq, item in zip(source.waiting_seqs, source.waiting):
-                target.add(seq, item)
-            source.waiting, source.waiting_seqs = [], []
+            target.waiting = sorted(target.waiting + source.waiting, key=lambda item: item[0])
+            source.waiting = []
         target.ready.extendleft(reversed(batches))
         log("info", f"ODP: {moved} events refused with an old key move to key {mask_key(integration.api_key)}.")
 

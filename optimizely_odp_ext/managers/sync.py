@@ -144,7 +144,7 @@ class SyncEventManager(EventManager):
             self._held += 1
             self._held_bytes += size
             dest = self._ledger.destination(integration)
-            dest.add(self._accepted, Encoded(body, event.accepted_at, 0, integration))
+            dest.waiting.append(Encoded(self._accepted, event.accepted_at, body, 0))
             self._accepted += 1
             if self.mode == "per_call":
                 self._cut(dest)
@@ -180,7 +180,7 @@ class SyncEventManager(EventManager):
             for dest in self._ledger.destinations.values():
                 left += len(dest.waiting)
                 self._held_bytes -= sum(len(_body(item)) + ENCODED_OVERHEAD for item in dest.waiting)
-                dest.waiting, dest.waiting_seqs = [], []
+                dest.waiting = []
             for batch in self._ledger.take_all():
                 left += batch.count
                 self._held_bytes -= _buffered_bytes(batch)
@@ -227,8 +227,7 @@ class SyncEventManager(EventManager):
                 if count and (count >= s.batch_size or size > s.max_batch_bytes):
                     break
                 count += 1
-            first, items = dest.take_waiting(count)
-            dest.ready.append(seal(dest.integration, first, items, 0))
+            dest.ready.append(seal(dest.integration, dest.take_waiting(count), 0))
 
     def _flush(self, deadline: float, final: bool) -> bool:
         with self._lock:

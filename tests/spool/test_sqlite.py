@@ -239,7 +239,7 @@ def test_a_symlink_planted_at_the_lock_file_is_not_followed(tmp_path: Path, path
     target = tmp_path / "precious"
     target.write_text("do not overwrite")
     os.symlink(target, path + ".lock")
-    with pytest.raises(SpoolError, match="cannot open .*spool.db.lock: it is a symbolic link"):
+    with pytest.raises(SpoolError, match=r"cannot open .*spool\.db\.lock: it is a symbolic link"):
         SqliteSpool(path)
     assert target.read_text() == "do not overwrite"
 
