@@ -398,7 +398,8 @@ class RedisStreamSpool:
             ``oldest_event_age`` and ``oldest_pending_age`` (seconds since the append, by Redis's
             clock; None when there is none), ``held`` (entries this process holds), and
             counters: ``claimed_from_others``, ``unreadable``, ``deleted_while_pending``,
-            ``newer_format``, ``consumers_forgotten``; ``housekeeping_error`` (the last failure of
+            ``newer_format`` (sightings: such an entry is seen again each time it comes back),
+            ``consumers_forgotten``; ``housekeeping_error`` (the last failure of
             forgetting dead consumers or setting unreadable entries aside, which ``state``
             ignores). Thread-safe.
         """
@@ -448,7 +449,8 @@ class RedisStreamSpool:
 
     def close(self) -> None:
         """Hand back the entries this process still holds (:meth:`release`, best effort) and
-        close the connections. Idempotent, thread-safe; blocks for at most one round trip."""
+        close the connections. Idempotent, thread-safe; blocks for at most two round trips,
+        each bounded by the timeouts."""
         with self._lock:
             if self._closed:
                 return
@@ -530,8 +532,10 @@ class RedisStreamSpool:
                 return True  # the stream is gone: nothing of it is waiting
             raise self._fail("flush", groups)
         ours = [g for g in groups if _text(g["name"]) == self.group]
-        if not ours or isinstance(pending, Exception):
-            return False
+        if not ours:
+            return False  # nobody has read the stream yet
+        if isinstance(pending, Exception):
+            raise self._fail("flush", pending)
         return _id_key(_text(ours[0]["last-delivered-id"])) >= target and not pending
 
     # -- claim's steps --------------------------------------------------------------------------
