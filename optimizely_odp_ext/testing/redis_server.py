@@ -1,7 +1,7 @@
 """A throwaway ``redis-server`` on 127.0.0.1, for tests and examples of the Redis spool.
 
 :class:`RedisServer` starts the locally installed ``redis-server`` (Debian package
-``redis-server``; Valkey's ``valkey-server`` works too) on a free loopback port, in its own
+``redis-server``; else ``valkey-server``, which takes the same configuration) on a free loopback port, in its own
 temporary directory, with an append-only file (``appendonly yes``, ``appendfsync everysec``
 by default), and stops it afterwards. It can be stopped and started again on the same port
 and data (a Redis restart), killed (a crash), or paused (a hung server). Example::
@@ -174,6 +174,7 @@ class RedisServer:
         if not self.running:
             self._process = None
             return
+        self.resume()
         with contextlib.suppress(OSError, RedisServerError):
             self.execute("SHUTDOWN")  # the connection closes without a reply
         self._wait_or_kill(timeout)
@@ -209,7 +210,6 @@ class RedisServer:
         """Stop the server (killing it if it does not stop in 10 s) and delete its directory.
         Idempotent."""
         if self._process is not None:
-            self.resume()
             self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
 
