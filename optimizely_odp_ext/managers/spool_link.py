@@ -11,9 +11,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
-from optimizely_odp_ext.spool.base import Spool, SpooledEvent, SpoolError, SpoolId, SpoolRecord
+from optimizely_odp_ext.spool.base import SharedSpool, Spool, SpooledEvent, SpoolError, SpoolId, SpoolRecord
 
 OK = "ok"
 FAILING = "failing"
@@ -37,6 +37,8 @@ class SpoolLink:
         self._last_error = ""
         self._failures = 0
         self._since = time.time()
+        self._figures: dict[str, Any] = {}
+        """The store's own figures, read now and then by a worker (:meth:`refresh_figures`)."""
 
     def opening_log(self) -> list[str]:
         """The lines worth an ERROR when the manager starts (a damaged file renamed aside)."""
@@ -86,6 +88,56 @@ class SpoolLink:
         self._succeeded()
         return claimed
 
+    # -- a shared spool (a fleet) -----------------------------------------------------------------
+    @property
+    def fleet(self) -> SharedSpool:
+        assert self.spool.shared
+        return cast(SharedSpool, self.spool)
+
+    def touch(self, ids: Sequence[SpoolId]) -> list[SpoolId]:
+        """Keep claimed events ours; those another member took over ([] when the store failed)."""
+        try:
+            lost = self.fleet.touch(ids)
+        except SpoolError as error:
+            self._failed(f"could not keep {len(ids)} claimed events (another process may take them over)", error)
+            return []
+        self._succeeded()
+        return lost
+
+    def release(self, ids: Sequence[SpoolId]) -> bool:
+        """Give claimed events back for another member; False when the store failed (logged; the
+        store gives them to another member after ``claim_after`` anyway)."""
+        try:
+            self.fleet.release(ids)
+        except SpoolError as error:
+            self._failed(f"could not give back {len(ids)} undelivered events", error)
+            return False
+        self._succeeded()
+        return True
+
+    def delivered_up_to(self, spool_id: SpoolId) -> bool | None:
+        """Whether the fleet resolved everything up to ``spool_id``; None when the store failed."""
+        try:
+            done = self.fleet.delivered_up_to(spool_id)
+        except SpoolError as error:
+            self._failed("could not tell what the fleet delivered", error)
+            return None
+        self._succeeded()
+        return done
+
+    def refresh_figures(self) -> None:
+        """Read the store's own figures (length, pending, oldest age) for :meth:`state`. Blocks for
+        the store's round trip; never raises."""
+        try:
+            figures = dict(self.spool.stats())
+        except Exception as error:  # a store's stats() should not raise; never let it stop a worker
+            figures = {"figures_error": f"{type(error).__name__}: {error}"}
+        for key in ("kind", "state", "description", "last_error"):
+            figures.pop(key, None)
+        figures["figures_at"] = time.time()
+        with self._lock:
+            self._figures = figures
+
     def close(self) -> None:
         try:
             self.spool.close()
@@ -104,6 +156,7 @@ class SpoolLink:
             if self._last_error:
                 state["last_error"] = self._last_error
                 state["failures"] = self._failures
+            state.update(self._figures)
         state.update(self._opening_notes)
         return state
 

@@ -8,6 +8,10 @@ needs: a spool that cannot be used is an error at construction, not a silent fal
   opened; the manager logs it and shows it in ``odp_stats()["spool"]``.
 - A spool held by another process (one process per SQLite spool) is not an error of the
   settings: the manager keeps events in memory, logs it, and shows it as ``locked``.
+- ``spool_url``: a :class:`~optimizely_odp_ext.spool.redis_streams.RedisStreamSpool` a fleet
+  shares. A bad URL or a missing ``[redis]`` extra raises :class:`SettingError`; Redis itself
+  is not reached here (a Redis that is down shows in the spool's state, and events wait in
+  memory within the usual limits until it is back).
 """
 
 from __future__ import annotations
@@ -48,6 +52,11 @@ def open_configured_spool(settings: ManagerSettings) -> tuple[Spool | None, Spoo
     Raises:
         SettingError: the spool cannot be used at all (see the module docstring).
     """
+    if settings.spool_url:
+        from optimizely_odp_ext.spool.redis_streams import RedisStreamSpool
+
+        return RedisStreamSpool(settings.spool_url, stream=settings.spool_stream, group=settings.spool_group,
+                                claim_after=settings.claim_after), None
     path = settings.spool_path
     if not path:
         return None, None

@@ -21,37 +21,13 @@ import pytest
 
 from optimizely_odp_ext.settings import SettingError
 from optimizely_odp_ext.spool import SpooledEvent, SpoolError, SpoolRecord, SpoolUnavailableError
-from optimizely_odp_ext.testing.redis_server import RedisServer, find_redis_server
+from optimizely_odp_ext.testing.redis_server import RedisServer
 
 STREAM = "optimizely-odp:events"
 GROUP = "optimizely-odp"
 HOST, KEY = "https://api.zaius.com", "W4WzcEs-ABgXorzY7h1LCQ"
 SpoolFactory = Callable[..., Any]
 """The ``make_redis_spool`` fixture."""
-
-
-def _require_redis() -> None:
-    """Skip without redis-server or redis-py on this machine; in CI (``CI`` set), fail instead:
-    ``.ci/run`` installs both, so a skip there would hide a broken install."""
-    missing = []
-    if find_redis_server() is None:
-        missing.append("redis-server is not installed (apt-get install -y redis-server)")
-    try:
-        import redis  # noqa: F401
-    except ImportError:
-        missing.append("redis-py is not installed (pip install -e '.[redis]')")
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail("; ".join(missing))
-        pytest.skip("; ".join(missing))
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    """A fresh redis-server on a free 127.0.0.1 port, AOF on (``everysec``), stopped after."""
-    _require_redis()
-    with RedisServer() as server:
-        yield server
 
 
 @pytest.fixture
