@@ -67,7 +67,8 @@ class ManagerState:
         self._encoded_bytes = 0
         """Memory of the rest (encoded events and batches), as counted against max_queue_bytes."""
         self._json_estimate = 300
-        """Mean JSON size of an event so far."""
+        """Mean JSON size of an event lately (batches encoded, and a sample of events sent)."""
+        self._sampled = 0
         self._unbound: list[Encoded] = []
         """Events read back from a spool whose destination was not known when they were parked."""
         self._ledger = DeliveryLedger(s)
