@@ -159,3 +159,18 @@ def test_counters_add_up_and_memory_returns_after_retries_splits_and_refusals(
     assert stats["dropped"] == {"rejectedByServer": sum(1 for i in range(accepted) if str(i).endswith("7"))}
     assert (stats["queued"], stats["queued_bytes"], stats["in_flight"]) == (0, 0, 0)
     assert stats["retries"] >= 3 and stats["requests"] > stats["batches_sent"]
+
+
+def test_a_burst_of_large_events_after_small_ones_stays_within_max_queue_bytes(collector: OdpCollector) -> None:
+    collector.respond_with(503)  # an outage: everything accepted stays queued
+    integration = OdpIntegration(collector.url, API_KEY)
+    cap = 4 * 1024 * 1024
+    manager = started(BatchEventManager(max_queue_bytes=cap, max_queue_events=10**6, **FAST_RETRY), integration)
+    small = [manager.send(event(i, integration)) for i in range(200)]
+    large = build_event("edge", {"fs_user_id": "big"}, data={"blob": "x" * 20_000})
+    large.integration = integration
+    accepted = sum(1 for _ in range(2_000) if manager.send(large))
+    assert all(small) and 0 < accepted < 2_000
+    manager.flush(0.5)  # cuts and encodes every waiting event (nothing can be delivered)
+    assert manager.stats()["queued_bytes"] <= cap * 1.1, "counted as what they take once encoded"
+    manager.close(0)
