@@ -40,7 +40,7 @@ async def flush_async(client: Flushable, timeout: float | None = None) -> bool:
     """Await ``client.flush(timeout)`` without blocking the event loop.
 
     Returns True when everything accepted before the call was delivered or finally
-    resolved within ``timeout`` seconds (None: as long as it takes). Cancelling the await
+    resolved within ``timeout`` seconds (None: the client's default bound). Cancelling the await
     returns at once; the flush keeps waiting on its thread until it is done or its timeout
     runs out, and delivery goes on in the background as always. Thread-safe.
     """

@@ -79,7 +79,7 @@ def test_cancelling_flush_async_stops_the_waiting_and_loses_nothing(
     assert client.send_odp_event("purchase", {"fs_user_id": "u1"})
 
     async def main() -> None:
-        flushing = asyncio.create_task(client.flush_async())  # no timeout: it would wait for ODP
+        flushing = asyncio.create_task(client.flush_async(timeout=30))  # would wait for ODP
         await tick(5)
         flushing.cancel()
         with pytest.raises(asyncio.CancelledError):
