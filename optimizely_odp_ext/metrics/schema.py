@@ -106,6 +106,19 @@ IN_FLIGHT = _spec("odp_events_in_flight", "odp.events.in_flight", G, EV,
                   "ODP events in requests under way.")
 HELD = _spec("odp_events_held_for_datafile", "odp.events.held_for_datafile", G, EV,
              "ODP events accepted by an sdk_key client before its first datafile.")
+# BatchEventManager's own keys (README, "odp_stats()"): a spool read back, and a fleet's shared stream.
+RECOVERED = _spec("odp_events_recovered", "odp.events.recovered", C, EV,
+                  "ODP events a previous run left in the spool, read back to deliver.")
+SPOOLED = _spec("odp_events_spooled", "odp.events.spooled", C, EV,
+                "ODP events appended to a shared spool (the fleet's to deliver).")
+CLAIMED = _spec("odp_events_claimed", "odp.events.claimed", C, EV,
+                "ODP events taken from a shared spool to deliver.")
+RELEASED = _spec("odp_events_released", "odp.events.released", C, EV,
+                 "Claimed ODP events handed back undelivered at close.")
+LOST_CLAIMS = _spec("odp_events_lost_claims", "odp.events.lost_claims", C, EV,
+                    "Claimed ODP events another process took over.")
+WAITING_TO_STORE = _spec("odp_events_waiting_to_store", "odp.events.waiting_to_store", G, EV,
+                         "Accepted ODP events not appended to a shared spool yet.")
 SPOOL_INFO = _spec("odp_spool_info", "odp.spool.info", G, Unit.INFO,
                    "1 for the spool in use, labelled with its kind and state.", "kind", "state")
 SPOOL_EVENTS = _spec("odp_spool_events", "odp.spool.events", G, EV,
@@ -141,6 +154,12 @@ SCALARS: dict[str, MetricSpec] = {
     "queued_bytes": QUEUED_BYTES,
     "in_flight": IN_FLIGHT,
     "held_for_datafile": HELD,
+    "recovered": RECOVERED,
+    "spooled": SPOOLED,
+    "claimed": CLAIMED,
+    "released": RELEASED,
+    "lost_claims": LOST_CLAIMS,
+    "waiting_to_store": WAITING_TO_STORE,
 }
 """``odp_stats()`` key -> metric, for keys whose value is one number."""
 

@@ -63,9 +63,16 @@ FULL_CONTRACT_STATS: dict[str, Any] = {
     "requests": 9,
     "batches_sent": 7,
     "retries": 2,
+    "recovered": 6,
+    "spooled": 0,
+    "claimed": 0,
+    "released": 0,
+    "lost_claims": 0,
+    "waiting_to_store": 0,
     "spool": {"kind": "sqlite", "state": "ok", "description": "/var/tmp/odp.sqlite", "events": 15,
               "bytes": 4500, "pending": 5, "oldest_accepted_at": 1700000000.5},
     "destinations": {"https://api.zaius.com": {"delivered": 100, "dropped_total": 5, "requests": 9,
                                                "retries": 2, "queued": 10, "in_flight": 5}},
 }
-"""Every key of the odp_stats() contract (COMMON.md), plus the proposed ``destinations``."""
+"""Every key of the odp_stats() contract (COMMON.md) and BatchEventManager's own keys (README),
+plus the proposed ``destinations``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -10,6 +11,7 @@ import requests
 from conftest import API_KEY, ClientFactory
 from metrics_helpers import FULL_CONTRACT_STATS, StatsDict, client_with_history
 
+from optimizely_odp_ext import BatchEventManager
 from optimizely_odp_ext.testing import OdpCollector
 
 prometheus_client = pytest.importorskip("prometheus_client")
@@ -107,6 +109,12 @@ def test_every_key_of_the_stats_contract_becomes_a_sample() -> None:
         ("odp_events_queued_bytes", labels(client=c)): 3000,
         ("odp_events_in_flight", labels(client=c)): 5,
         ("odp_events_held_for_datafile", labels(client=c)): 0,
+        ("odp_events_recovered_total", labels(client=c)): 6,
+        ("odp_events_spooled_total", labels(client=c)): 0,
+        ("odp_events_claimed_total", labels(client=c)): 0,
+        ("odp_events_released_total", labels(client=c)): 0,
+        ("odp_events_lost_claims_total", labels(client=c)): 0,
+        ("odp_events_waiting_to_store", labels(client=c)): 0,
         ("odp_events_dropped_total", labels(client=c, reason="expired")): 3,
         ("odp_events_dropped_total", labels(client=c, reason="rejectedByServer")): 2,
         ("odp_events_refused_total", labels(client=c, reason="invalidData")): 4,
@@ -206,3 +214,20 @@ def test_a_failing_client_is_left_out_and_logged_once_while_the_others_are_scrap
     failures = [r.getMessage() for r in caplog.records if "left out of the metrics" in r.getMessage()]
     assert failures == ["ODP metrics: odp_stats() of client 'broken' failed and is left out of the metrics: "
                         "ZeroDivisionError: integer division or modulo by zero"]
+
+
+def test_a_client_with_a_spool_reports_its_kind_and_state_but_not_its_path(make_client: ClientFactory,
+                                                                          tmp_path: Path) -> None:
+    path = tmp_path / "odp-spool.sqlite"
+    client = make_client(odp_event_manager=BatchEventManager(spool_path=str(path)))
+    assert client.send_odp_event("purchase", {"fs_user_id": "u1"})
+    assert client.flush(timeout=10)
+    if "spool" not in client.odp_stats():
+        pytest.skip("this event manager does not report its spool")
+    registry = CollectorRegistry()
+    prometheus.register(client, registry=registry)
+    text = generate_latest(registry).decode()
+    samples, _ = parse(text)
+    assert samples[("odp_spool_info", labels(client="default", kind="sqlite", state="ok"))] == 1
+    assert samples[("odp_events_delivered_total", labels(client="default"))] == 1
+    assert str(path) not in text and "odp-spool" not in text
