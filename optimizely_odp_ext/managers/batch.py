@@ -286,6 +286,7 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
                 flying += " (undelivered ones stay in the spool)"
             self.logger.error(f"ODP event manager closed with {dropped + len(kept) + in_flight} events "
                               f"undelivered (timeout {limit:g}s){where}{flying}.")
+        self._log_limiter.flush()
         self._transport.close()
         if self._link is not None:
             self._link.close()

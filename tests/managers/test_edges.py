@@ -174,3 +174,21 @@ def test_a_burst_of_large_events_after_small_ones_stays_within_max_queue_bytes(c
     manager.flush(0.5)  # cuts and encodes every waiting event (nothing can be delivered)
     assert manager.stats()["queued_bytes"] <= cap * 1.1, "counted as what they take once encoded"
     manager.close(0)
+
+
+def test_a_long_outage_logs_a_failed_request_once_per_interval_with_a_count(
+        make_client: ClientFactory, collector: OdpCollector, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from conftest import log_lines
+
+    collector.respond_with(503)
+    manager = BatchEventManager(retry_initial_backoff=0.001, retry_max_backoff=0.002)
+    client = make_client(odp_event_manager=manager)
+    assert client.send_odp_event("down", {"fs_user_id": "u"})
+    assert collector.wait_for_requests(30), "many failed attempts"
+    manager.close(0)
+    retries = manager.stats()["retries"]
+    lines = [line for line in log_lines(caplog, logging.WARNING) if "HTTP 503" in line or "failed requests" in line]
+    assert retries >= 29 and len(lines) <= 3, lines
+    assert any(line.startswith("... and ") and "more failed requests kept for a retry" in line for line in lines)
