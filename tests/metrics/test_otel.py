@@ -77,7 +77,8 @@ def test_the_reader_sees_what_a_client_really_delivered(make_client: ClientFacto
     assert otel_reader.kinds["odp.requests"] == ("Sum", True, "{request}")
     if "refused" in client.odp_stats():
         assert points[("odp.events.refused", attrs(client="default", reason="invalidAction"))] == 1
-    assert not [key for key in points if API_KEY in str(key) or collector.url in str(key)]
+    assert points[("odp.destination.events.delivered", attrs(client="default", host=collector.url))] == 2
+    assert not [key for key in points if API_KEY in str(key)], "the destination host is an attribute; the key never"
 
 
 def test_each_collection_reads_fresh_stats_once_per_client(make_client: ClientFactory, collector: OdpCollector,

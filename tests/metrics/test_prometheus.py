@@ -69,7 +69,12 @@ def test_a_scrape_over_http_reports_what_a_client_really_delivered(make_client: 
     stats = client.odp_stats()
     if "refused" in stats:  # the client counts refusals at send (odp_stats contract)
         assert samples[("odp_events_refused_total", labels(client="default", reason="invalidAction"))] == 1
-    assert API_KEY not in response.text and collector.url not in response.text
+    host = labels(client="default", host=collector.url)
+    assert samples[("odp_destination_events_delivered_total", host)] == 2
+    assert samples[("odp_destination_events_dropped_total", host)] == 1
+    assert API_KEY not in response.text, "the destination host is a label; its key never is"
+    assert all(f'host="{collector.url}"' in line for line in response.text.splitlines()
+               if collector.url in line), "the host appears as the host label only"
 
 
 def test_every_number_a_client_reports_is_exposed_unchanged(make_client: ClientFactory,
