@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from typing import IO, Any
 
-from optimizely_odp_ext.cli.common import EXIT_OK, PROG, CliError, error, plural, positive_float, positive_int
+from optimizely_odp_ext.cli.common import (
+    EXIT_OK,
+    PROG,
+    CliError,
+    error,
+    masked,
+    plural,
+    positive_float,
+    positive_int,
+    sigterm_as_interrupt,
+)
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -77,12 +85,12 @@ def run(args: argparse.Namespace) -> int:
 
     collector.on_event = on_event
     try:
-        with _sigterm_as_interrupt(), suppress(KeyboardInterrupt):
+        with sigterm_as_interrupt(), suppress(KeyboardInterrupt):
             try:
                 collector.start()
             except OSError as failure:
                 raise CliError(f"cannot listen on 127.0.0.1:{args.port}: {failure.strerror or failure}") from None
-            keys = f"x-api-key {args.api_key!r}" if args.api_key else "any x-api-key"
+            keys = f"x-api-key {masked(args.api_key)}" if args.api_key else "any x-api-key"
             print(f"{PROG}: collector listening on {collector.url} (POST /v3/events, {keys}); Ctrl-C to stop",
                   file=sys.stderr, flush=True)
             done.wait(args.exit_after)
@@ -94,20 +102,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"{PROG}: collector stopped after {plural(seen[0], 'event')} in "
           f"{plural(collector.request_count(), 'request')}", file=sys.stderr, flush=True)
     return EXIT_OK
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM stops the process like Ctrl-C (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
