@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="log the SDK at DEBUG level to stderr")
     parser = _Parser(prog=PROG, description="Send, check and collect Optimizely Data Platform (ODP) events.",
                      epilog="Exit codes: 0 success, 1 failed, 2 bad usage or input, 70 internal error, "
-                     "130 interrupted.")
+                     "130 interrupted, 141 stdout closed early (| head).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log the SDK at DEBUG level to stderr")
     parser.add_argument("--version", action="version",
                         version=f"%(prog)s {__version__} (optimizely-sdk {compat.SDK_VERSION})")
