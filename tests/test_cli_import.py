@@ -48,7 +48,10 @@ def file_ids(path: Path, numbers: range | list[int]) -> dict[int, str]:
 
 def import_to(collector: OdpCollector, path: Path | str, *args: str,
               **options: Any) -> subprocess.CompletedProcess[str]:
-    return run("import", str(path), "--host", collector.url, "--api-key", KEY, *args, **options)
+    """Run ``import`` to the collector; no periodic progress line (a slow machine would add one to
+    stderr) unless the test asks for it."""
+    return run("import", str(path), "--host", collector.url, "--api-key", KEY, "--progress-interval", "3600",
+               *args, **options)
 
 
 def row_of(event: dict[str, Any]) -> int:
@@ -275,7 +278,7 @@ def test_a_refused_key_stops_the_import_and_is_masked(collector: OdpCollector, t
     path = write_jsonl(tmp_path / "events.jsonl", [row(i) for i in range(1, 101)])
     wrong = "not-the-right-key-123"
 
-    done = run("import", str(path), "--host", collector.url, "--api-key", wrong)
+    done = run("import", str(path), "--host", collector.url, "--api-key", wrong, "--progress-interval", "3600")
 
     assert done.returncode == 1
     line = error_line(done)

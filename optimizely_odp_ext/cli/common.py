@@ -106,6 +106,10 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+_SCALAR_STARTS = frozenset('-0123456789tfn" \t\r\n')
+"""The characters a JSON number, true, false, null or string may start with (after blanks)."""
+
+
 def parse_value(text: str) -> Scalar:
     """A ``--data`` value (or a CSV ``data.*`` cell): JSON ``true``/``false``/``null``, a finite
     number or a quoted string when it is one, else the text itself (``007`` and ``NaN`` stay
