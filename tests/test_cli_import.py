@@ -321,3 +321,48 @@ def test_progress_is_plain_lines_when_stderr_is_not_a_terminal(collector: OdpCol
                         r"[\d,]+ events/s(, ETA \d+s)?", lines[0]), lines[0]
     assert lines[-1].startswith("optimizely-odp: import: 1,001/1,001 events (100%), 1,000 delivered, 1 failed")
     assert "\r" not in done.stderr
+
+
+def test_a_csv_with_multi_line_cells_resumes_at_the_right_record(collector: OdpCollector, tmp_path: Path) -> None:
+    path = tmp_path / "notes.csv"
+    path.write_text("action,id.fs_user_id,data.note\n" + "".join(
+        f'purchase,user-{n},"line one of {n}\nline two, with a comma"\n' if n % 3 == 0 else f"purchase,user-{n},{n}\n"
+        for n in range(1, 301)))
+    collector.set_delay(0.1)
+    with popen("import", str(path), "--host", collector.url, "--api-key", KEY, "--batch-size", "20",
+               "--in-flight", "2") as process:
+        assert collector.wait_for_requests(4, timeout=20)
+        process.send_signal(signal.SIGINT)
+        process.communicate(timeout=30)
+    assert process.returncode == 130
+    assert 0 < checkpoint_of(path)["resolved"]["through"] < 300
+    collector.reset_faults()
+
+    done = import_to(collector, path)
+
+    assert done.returncode == 0, done.stderr
+    events = sorted(collector.events, key=row_of)
+    assert [row_of(e) for e in events] == list(range(1, 301)) and not collector.duplicates()
+    assert events[2]["data"]["note"] == "line one of 3\nline two, with a comma"
+    assert events[3]["data"]["note"] == 4
+
+
+def test_the_checkpoint_keeps_rows_acknowledged_out_of_order(tmp_path: Path) -> None:
+    from optimizely_odp_ext.cli.import_checkpoint import Checkpoint
+
+    checkpoint = Checkpoint(str(tmp_path / "c.json"), "/data/in.jsonl", "digest", {"format": "jsonl"}, "http://h")
+    resolution = checkpoint.resolution
+    for number in range(1, 11):
+        resolution.read(number, number * 100)
+    resolution.resolve([1, 2, 5, 6, 9])
+    checkpoint.save()
+    saved = Checkpoint.load(checkpoint.path)
+
+    assert (resolution.through, resolution.offset, resolution.beyond()) == (2, 200, [[5, 6], [9, 9]])
+    assert saved is not None and not saved.mismatch(checkpoint)
+    assert (saved.resolution.through, saved.resolution.offset, saved.resolution.beyond()) == (2, 200, [[5, 6], [9, 9]])
+    assert [n for n in range(1, 11) if not saved.resolution.is_resolved(n)] == [3, 4, 7, 8, 10]
+    for number in range(3, 11):  # the resumed import reads on from row 3
+        saved.resolution.read(number, number * 100)
+    saved.resolution.resolve([3, 4, 7, 8])
+    assert (saved.resolution.through, saved.resolution.offset, saved.resolution.beyond()) == (9, 900, [])
