@@ -356,3 +356,54 @@ def test_the_examples_print_no_alarming_sdk_warning(example: str) -> None:
     assert "Stopping Scheduler" not in done.stdout + done.stderr
     assert "WARNING" not in done.stderr, done.stderr
 
+
+
+# ------------------------------------------------------------------ doctor against the spool contract (in process)
+
+
+def test_doctor_reports_a_setting_error_from_building_the_manager(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], datafile: str, tmp_path: Path) -> None:
+    from optimizely_odp_ext.cli import main, session
+    from optimizely_odp_ext.managers.batch import BatchEventManager
+    from optimizely_odp_ext.settings import SettingError
+
+    class RefusesItsSpool(BatchEventManager):
+        """What the lead's managers do with a spool they cannot use: refuse at construction."""
+
+        def __init__(self, **settings: object) -> None:
+            if settings.get("spool_path"):
+                raise SettingError(f"spool_path {settings['spool_path']}: cannot create the directory "
+                                   "(Permission denied)")
+            super().__init__(**settings)
+
+    monkeypatch.setattr(session, "BatchEventManager", RefusesItsSpool)
+    spool = tmp_path / "locked" / "spool.db"
+
+    assert main(["doctor", "--datafile", datafile, "--set", f"spool_path={spool}"]) == 1
+    out = capsys.readouterr().out
+    assert out.splitlines()[-1] == (f"status: PROBLEM, the spool cannot be used: spool_path {spool}: cannot create "
+                                    "the directory (Permission denied)")
+    assert re.search(r"ODP state:\s+integrated", out)  # the rest of the report is still there
+
+
+def test_doctor_reports_a_spool_state_other_than_ok(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], datafile: str, tmp_path: Path) -> None:
+    from optimizely_odp_ext.cli import main, session
+    from optimizely_odp_ext.managers.batch import BatchEventManager
+
+    path = tmp_path / "spool.db"
+
+    class RecoveredSpool(BatchEventManager):
+        """What the lead's managers report after renaming a damaged spool aside."""
+
+        def stats(self) -> dict[str, object]:
+            return {**super().stats(), "spool": {"kind": "sqlite", "state": "recovered", "description": str(path),
+                                                 "renamed_to": f"{path}.damaged-1", "events": 0}}
+
+    monkeypatch.setattr(session, "BatchEventManager", RecoveredSpool)
+
+    assert main(["doctor", "--datafile", datafile, "--set", f"spool_path={path}"]) == 1
+    out = capsys.readouterr().out
+    assert f"spool: {path} (recovered)" in out
+    assert out.splitlines()[-1] == (f"status: PROBLEM, the spool {path} is recovered (events 0, renamed_to "
+                                    f"{path}.damaged-1)")

@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"status: OK, ODP events go to {integration.host if integration else '-'}")
         return EXIT_OK
     if spool_problem:
-        print(f"status: PROBLEM, the spool cannot be used: {spool_problem}")
+        print(f"status: PROBLEM, {spool_problem}")
     else:
         print("status: PROBLEM, ODP events would not be delivered" if source_given or args.send_test_event
               else "status: UNKNOWN, no datafile to check")
@@ -154,8 +154,8 @@ def _warnings(state: IntegrationState, integration: OdpIntegration | None, disab
 
 
 def _spool(path: str | None, session: Session | None) -> tuple[str, str]:
-    """The spool's line of the report ("" without a spool), and what makes it unusable ("" if
-    nothing does): the event manager refused it (a ``SettingError``), its ``stats()["spool"]``
+    """The spool's line of the report ("" without a spool), and what is wrong with it ("" if
+    nothing is): the event manager refused it (a ``SettingError``), its ``stats()["spool"]``
     has a ``state`` other than ``ok`` (e.g. a damaged file renamed aside), or the manager
     logged that it could not open it."""
     if not path:
@@ -163,7 +163,7 @@ def _spool(path: str | None, session: Session | None) -> tuple[str, str]:
     if session is None:  # no client to build: look at the file only
         return _inspect(path)
     if session.manager_problem:
-        return f"{path} (cannot be used)", session.manager_problem
+        return f"{path} (cannot be used)", f"the spool cannot be used: {session.manager_problem}"
     spool = session.client.odp_stats().get("spool")
     if isinstance(spool, dict):
         state = str(spool.get("state", "ok"))
@@ -171,14 +171,14 @@ def _spool(path: str | None, session: Session | None) -> tuple[str, str]:
         if state != "ok":
             details = ", ".join(f"{key} {value}" for key, value in sorted(spool.items())
                                 if key not in ("kind", "state", "description") and value not in (None, ""))
-            return f"{where} ({state})", f"{where} is {state}" + (f" ({details})" if details else "")
+            return f"{where} ({state})", f"the spool {where} is {state}" + (f" ({details})" if details else "")
         return f"{where} ({_waiting(spool)})" if "events" in spool else str(where), ""
     said = next((text for text in session.recent.errors() if "spool" in text.lower()), "")
     if "in use by another process" in said:  # an application has it open: look, do not touch
         line, problem = _inspect(path)
         return line.replace(f"{path} (", f"{path} (in use by another process; ", 1), problem
     if said:
-        return f"{path} (cannot be used)", said
+        return f"{path} (cannot be used)", f"the spool cannot be used: {said}"
     return _inspect(path)
 
 
@@ -197,5 +197,5 @@ def _inspect(path: str) -> tuple[str, str]:
     try:
         stats = SqliteSpool.inspect(path)
     except SpoolError as error:
-        return path, str(error)
+        return path, f"the spool cannot be used: {error}"
     return f"{path} ({_waiting(stats)})", ""
