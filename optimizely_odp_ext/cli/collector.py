@@ -60,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"cannot open {args.jsonl}: {failure.strerror}") from None
     collector = OdpCollector(api_key=args.api_key, port=args.port, record=False)
     done = threading.Event()
+    last_request: list[threading.Thread | None] = [None]
+    """The server thread of the request that reached --max-events: its 202 is still to go out."""
     lock = threading.Lock()
     seen = [0]
     echo = [not args.quiet]
@@ -80,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
                 error(f"cannot write the event: {failure.strerror or failure}")
                 done.set()
             seen[0] += 1
-            if args.max_events is not None and seen[0] >= args.max_events:
+            if args.max_events is not None and seen[0] >= args.max_events and not done.is_set():
+                last_request[0] = threading.current_thread()
                 done.set()
 
     collector.on_event = on_event
@@ -94,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{PROG}: collector listening on {collector.url} (POST /v3/events, {keys}); Ctrl-C to stop",
                   file=sys.stderr, flush=True)
             done.wait(args.exit_after)
+            _let_it_answer(last_request[0])
     finally:
         collector.stop()
         with lock:
@@ -102,3 +106,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"{PROG}: collector stopped after {plural(seen[0], 'event')} in "
           f"{plural(collector.request_count(), 'request')}", file=sys.stderr, flush=True)
     return EXIT_OK
+
+
+ANSWER_GRACE = 2.0
+"""Seconds the last request (the one that reached ``--max-events``) gets to receive its 202
+before the collector stops: its connection's thread ends once the client hangs up; a
+client that keeps the connection open is waited for this long."""
+
+
+def _let_it_answer(thread: threading.Thread | None) -> None:
+    """Wait (bounded) for the server thread that reached ``--max-events`` to answer and finish,
+    so stopping the collector does not cut that request's 202 short."""
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(ANSWER_GRACE)

@@ -182,7 +182,8 @@ def _options(options: dict[str, Any]) -> str:
 
 
 class RejectFile:
-    """The rows that were refused, one JSON object a line, written on first use.
+    """The rows that were refused, one JSON object a line, written on first use. Not
+    thread-safe; writes block briefly (buffered file I/O).
 
     Args:
         path: the reject file.

@@ -187,6 +187,11 @@ class Session:
         keep_going: when the event manager cannot be built (a setting it refuses, such as a
             spool it cannot use), record why in :attr:`manager_problem` and build it without
             its spool, instead of raising :class:`CliError` (``doctor`` reports it).
+        with_manager: False for a client that only reads the datafile (ODP disabled, no
+            event manager, no settings read): ``import`` sends through its own loop.
+
+    Building it blocks briefly (a datafile file is parsed; a fetch starts in the SDK's
+    polling thread). Not thread-safe: one command uses it from its main thread.
     """
 
     def __init__(self, args: argparse.Namespace, *, odp_disabled: bool = False, keep_going: bool = False,
