@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -56,6 +57,8 @@ class Result:
     requests: int
     wall_s: float
     reported_rate: int
+    cpu_s: float
+    """User + system CPU seconds of the import process."""
 
     @property
     def wall_rate(self) -> float:
@@ -86,17 +89,20 @@ def run_one(path: Path, fmt: str, latency_ms: int, in_flight: int, rows: int, ti
                    "--api-key", API_KEY, "--in-flight", str(in_flight), "--progress-interval", "5"]
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPTIMIZELY_ODP_")}
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env,
                               stdin=subprocess.DEVNULL)
         wall = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         delivered, requests = collector.event_count(), collector.request_count()
     if done.returncode != 0 or delivered != rows:
         raise SystemExit(f"{fmt} {latency_ms} ms: exit {done.returncode}, {delivered:,} of {rows:,} delivered\n"
                          f"{done.stdout}{done.stderr}")
     found = REPORTED_RATE.search(done.stdout)
     reported = int(found.group(2).replace(",", "")) if found else 0
-    return Result(fmt, latency_ms, in_flight, rows, delivered, requests, wall, reported)
+    return Result(fmt, latency_ms, in_flight, rows, delivered, requests, wall, reported, cpu)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,15 +132,20 @@ def main(argv: list[str] | None = None) -> int:
     print("# optimizely-odp import: backfill rate\n")
     print(f"- Date: {time.strftime('%Y-%m-%d')}; machine: {os.cpu_count()} CPUs, {platform.platform()}")
     print(f"- Python {platform.python_version()}, optimizely-sdk {SDK_VERSION}, optimizely-odp-ext {__version__}")
-    print(f"- Command: `PYTHONPATH=. python benchmarks/import_rate.py {' '.join(argv or sys.argv[1:])}`".rstrip())
+    command = " ".join(["PYTHONPATH=. python benchmarks/import_rate.py", *(argv if argv is not None else sys.argv[1:])])
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
+    print(f"- Command: `{command}`; load average at the end: {load}")
     print(f"- Input: {args.rows:,} rows (JSON lines {sizes['jsonl'] / 1e6:.1f} MB, CSV {sizes['csv'] / 1e6:.1f} MB), "
           f"batches of 500; whole run {time.perf_counter() - started:.0f} s")
-    print("- Every row arrived exactly once in every run (the collector's count; the script fails otherwise).\n")
-    print("| format | added latency | in flight | wall s | events/s (wall) | events/s (while sending) | requests |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("- Every row arrived exactly once in every run (the collector's count; the script fails otherwise).")
+    print("- CPU s of the import process per 10k rows is the figure least moved by other load on the machine: "
+          "10 / it is the rate one free core would sustain.\n")
+    print("| format | added latency | in flight | wall s | events/s (wall) | events/s (while sending) | "
+          "CPU s per 10k rows | requests |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results:
         print(f"| {r.format} | {r.latency_ms} ms | {r.in_flight} | {r.wall_s:.1f} | {r.wall_rate:,.0f} | "
-              f"{r.reported_rate:,} | {r.requests:,} |")
+              f"{r.reported_rate:,} | {r.cpu_s * 10_000 / r.rows:.2f} | {r.requests:,} |")
     return 0
 
 
