@@ -366,3 +366,20 @@ def test_the_checkpoint_keeps_rows_acknowledged_out_of_order(tmp_path: Path) -> 
         saved.resolution.read(number, number * 100)
     saved.resolution.resolve([3, 4, 7, 8])
     assert (saved.resolution.through, saved.resolution.offset, saved.resolution.beyond()) == (9, 900, [])
+
+
+def test_rows_that_are_not_utf8_are_rejected_and_the_others_sent(collector: OdpCollector, tmp_path: Path) -> None:
+    jsonl = tmp_path / "events.jsonl"
+    jsonl.write_bytes(json.dumps(row(1)).encode() + b'\n{"action": "caf\xe9", "identifiers": {"a": "b"}}\n'
+                      + json.dumps(row(3)).encode() + b"\n")
+    table = tmp_path / "events.csv"
+    table.write_bytes(b"action,id.fs_user_id\npurchase,user-1\ncaf\xe9,user-2\npurchase,user-3\n")
+
+    done = [import_to(collector, path) for path in (jsonl, table)]
+
+    assert [d.returncode for d in done] == [1, 1]
+    assert sorted(row_of(e) for e in collector.events) == [1, 1, 3, 3]
+    for path in (jsonl, table):
+        [rejected] = rejects_of(path)
+        assert (rejected["row"], rejected["reason"]) == (2, "invalidRow") and "UTF-8" in rejected["message"]
+    assert rejects_of(table)[0]["input"] == {"action": "caf\ufffd", "id.fs_user_id": "user-2"}

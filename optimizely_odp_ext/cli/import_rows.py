@@ -218,16 +218,22 @@ def _target(name: str) -> str | None:
 
 class _TrackedLines:
     """Feeds ``csv.reader`` decoded lines and remembers where the last one ended (the csv
-    module reads no further than the record it returns)."""
+    module reads no further than the record it returns), and whether a line since the last
+    look was not UTF-8 (decoded with surrogate escapes, so the record can be shown)."""
 
     def __init__(self, lines: Iterable[tuple[bytes, int]], end: int) -> None:
         self._lines = iter(lines)
         self.end = end
+        self.not_utf8 = False
 
     def __iter__(self) -> Iterator[str]:
         for line, end in self._lines:
             self.end = end
-            yield line.decode("utf-8", "surrogateescape")
+            try:
+                yield line.decode("utf-8")
+            except UnicodeDecodeError:
+                self.not_utf8 = True
+                yield line.decode("utf-8", "surrogateescape")
 
 
 def read_csv_header(stream: IO[bytes], source: str) -> tuple[list[str], int]:
@@ -239,7 +245,7 @@ def read_csv_header(stream: IO[bytes], source: str) -> tuple[list[str], int]:
         raise CliError(f"{source} is empty: a CSV import needs a header row", EXIT_USAGE) from None
     except csv.Error as error:
         raise CliError(f"{source}: the header row is not valid CSV: {error}", EXIT_USAGE) from None
-    if not _is_utf8(header):
+    if lines.not_utf8:
         raise CliError(f"{source}: the header row is not UTF-8", EXIT_USAGE)
     return [name.strip() for name in header], lines.end
 
@@ -261,21 +267,21 @@ def csv_rows(stream: IO[bytes], columns: Columns, rules: RowRules, *, start_numb
             yield Row(number, lines.end, None, INVALID_ROW, f"not valid CSV: {error}", None)
             continue
         number += 1
+        not_utf8, lines.not_utf8 = lines.not_utf8, False
         if not record or (len(record) == 1 and not record[0].strip() and len(columns.names) > 1):
             yield Row(number, lines.end, None)
+            continue
+        if not_utf8:
+            text = [cell.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for cell in record]
+            yield Row(number, lines.end, None, INVALID_ROW, "not UTF-8", dict(zip(columns.names, text)))
             continue
         yield _csv_row(number, lines.end, record, columns, rules)
 
 
 def _csv_row(number: int, end: int, record: list[str], columns: Columns, rules: RowRules) -> Row:
-    if not _is_utf8(record):
-        text = [cell.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for cell in record]
-        return Row(number, end, None, INVALID_ROW, "not UTF-8", dict(zip(columns.names, text)))
-    shown: Any = dict(zip(columns.names, record))
     if len(record) != len(columns.names):
-        shown = record
         return Row(number, end, None, INVALID_ROW, f"{len(record)} fields where the header has "
-                   f"{len(columns.names)}", shown)
+                   f"{len(columns.names)}", record)
     action: str | None = rules.action
     event_type: str | None = rules.type
     identifiers: dict[str, str] = {}
@@ -294,14 +300,5 @@ def _csv_row(number: int, end: int, record: list[str], columns: Columns, rules: 
     try:
         event = rules.event(number, action, identifiers, event_type, data)
     except InvalidEventError as invalid:
-        return Row(number, end, None, str(invalid.reason), invalid.message, shown)
+        return Row(number, end, None, str(invalid.reason), invalid.message, dict(zip(columns.names, record)))
     return Row(number, end, event)
-
-
-def _is_utf8(cells: Sequence[str]) -> bool:
-    try:
-        for cell in cells:
-            cell.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
