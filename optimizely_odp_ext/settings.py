@@ -31,10 +31,25 @@ class Setting:
     minimum: float | None = None
     maximum: float | None = None
     optional: bool = False
+    secret: bool = False
+    """Its value may hold a password: messages show it masked."""
 
     @property
     def env_var(self) -> str:
         return ENV_PREFIX + self.name.upper()
+
+    @property
+    def kind(self) -> str:
+        """The expected type's name, for messages (``int``, ``float``, ``bool``, ``str``)."""
+        return type(self.default).__name__ if self.default is not None else "str"
+
+    def shown(self, value: object) -> str:
+        """``repr(value)`` as a message may show it."""
+        if self.secret and isinstance(value, str):
+            from optimizely_odp_ext.spool.urls import mask_url
+
+            return repr(mask_url(value))
+        return repr(value)
 
 
 def parse_bool(text: str) -> bool:
@@ -72,6 +87,16 @@ SETTINGS: tuple[Setting, ...] = (
             "when close() was not called.", 0, 3600),
     Setting("spool_path", _path, None, "SQLite file where accepted events wait until ODP acknowledged "
             "them (durable across crashes and restarts). Off by default.", optional=True),
+    Setting("spool_url", _path, None, "redis://, rediss:// or unix:// URL of a Redis stream a fleet shares: "
+            "every process appends the events it accepts, any live one delivers them (needs "
+            "optimizely-odp-ext[redis]). Off by default; not together with spool_path.", optional=True, secret=True),
+    Setting("spool_stream", str, "optimizely-odp:events", "Key of the Redis stream (with spool_url)."),
+    Setting("spool_group", str, "optimizely-odp", "Consumer group of the processes that deliver from the stream "
+            "(with spool_url)."),
+    Setting("claim_after", float, 60.0, "Seconds before events a silent process claimed are taken over by "
+            "another process of the fleet (with spool_url).", 0.1, 86400),
+    Setting("deliver", parse_bool, True, "Deliver events; False only appends them to the shared spool, for a "
+            "relay (optimizely-odp relay) to deliver (with spool_url)."),
 )
 
 SETTINGS_BY_NAME: Mapping[str, Setting] = {s.name: s for s in SETTINGS}
@@ -94,6 +119,11 @@ class ManagerSettings:
     close_timeout: float
     exit_timeout: float
     spool_path: str | None
+    spool_url: str | None
+    spool_stream: str
+    spool_group: str
+    claim_after: float
+    deliver: bool
     sources: Mapping[str, str]
     """For each setting: ``argument``, ``environment`` or ``default``."""
 
@@ -120,16 +150,27 @@ class ManagerSettings:
                 try:
                     parsed = setting.parse(env[setting.env_var])
                 except ValueError as error:
-                    raise SettingError(f"{where}={env[setting.env_var]!r} is not valid: {error}") from None
+                    raise SettingError(f"{where}={setting.shown(env[setting.env_var])} is not valid: expected "
+                                       f"{setting.kind} ({_reason(error)})") from None
                 values[setting.name] = _check(setting, parsed, where)
                 sources[setting.name] = "environment"
             else:
                 values[setting.name] = setting.default
                 sources[setting.name] = "default"
+        if values["spool_path"] and values["spool_url"]:
+            raise SettingError("spool_path and spool_url cannot both be set: choose one spool")
+        if not values["deliver"] and not values["spool_url"]:
+            raise SettingError("deliver=False needs a shared spool (spool_url): events would never be delivered")
         return cls(**values, sources=sources)
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sources"}
+
+
+def _reason(error: ValueError) -> str:
+    """A parser's complaint without Python's wording (``invalid literal for int() ...``)."""
+    text = str(error)
+    return "not a number" if "invalid literal" in text or "could not convert" in text else text
 
 
 def _check(setting: Setting, value: Any, where: str) -> Any:
@@ -138,9 +179,11 @@ def _check(setting: Setting, value: Any, where: str) -> Any:
     expected = type(setting.default) if setting.default is not None else str
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if not isinstance(value, expected) or isinstance(value, bool):
-        raise SettingError(f"{where} must be {expected.__name__}, not {type(value).__name__}: {value!r}")
-    if isinstance(value, str):
+    if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+        raise SettingError(f"{where} must be {expected.__name__}, not {type(value).__name__}: {setting.shown(value)}")
+    if isinstance(value, (str, bool)):
+        if isinstance(value, str) and not value and not setting.optional:
+            raise SettingError(f"{where} must not be empty")
         return value
     if setting.minimum is not None and value < setting.minimum:
         raise SettingError(f"{where} must be at least {setting.minimum}, not {value!r}")

@@ -10,11 +10,13 @@ import email.utils
 import time
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.util import Timeout
 
-from optimizely_odp_ext.integration import OdpIntegration
+from optimizely_odp_ext.integration import OdpIntegration, mask_key
 
 RETRYABLE_STATUSES = frozenset({408, 429})
 SPLITTABLE_STATUSES = frozenset({400, 413, 422})
@@ -55,23 +57,37 @@ class Transport:
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
 
-    def send(self, integration: OdpIntegration, body: bytes) -> Outcome:
-        """POST one batch; never raises: every failure is an :class:`Outcome`."""
+    def send(self, integration: OdpIntegration, body: bytes, timeout: float | None = None) -> Outcome:
+        """POST one batch; never raises: every failure is an :class:`Outcome` (whose detail
+        never holds the API key). Blocks for at most about ``timeout`` seconds (default and
+        upper limit: the transport's own) for connecting and for each read."""
+        limit = self.timeout if timeout is None else min(self.timeout, timeout)
         headers = {"content-type": "application/json", "x-api-key": integration.api_key}
         try:
-            response = self.session.post(integration.events_url, data=body, headers=headers,
-                                         timeout=self.timeout)
+            bound: Any = Timeout(connect=limit, read=limit, total=limit)  # requests passes it to urllib3
+            response = self.session.post(integration.events_url, data=body, headers=headers, timeout=bound)
             text = response.text  # read it all, so the connection goes back to the pool
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as error:
             return Outcome(OutcomeKind.RETRY, detail=f"network error: {type(error).__name__}")
         except requests.RequestException as error:
-            return Outcome(OutcomeKind.FAILED, detail=f"request failed: {type(error).__name__}: {error}")
+            detail = _without_key(f"{type(error).__name__}: {error}", integration.api_key)
+            return Outcome(OutcomeKind.FAILED, detail=f"request failed: {detail}")
         except Exception as error:  # not requests' own: keep the events and try again later
-            return Outcome(OutcomeKind.RETRY, detail=f"unexpected error: {type(error).__name__}: {error}")
+            detail = _without_key(f"{type(error).__name__}: {error}", integration.api_key)
+            return Outcome(OutcomeKind.RETRY, detail=f"unexpected error: {detail}")
         return classify(response.status_code, text, response.headers.get("retry-after"))
 
     def close(self) -> None:
         self.session.close()
+
+
+def _without_key(text: str, api_key: str) -> str:
+    """``text`` with the API key (and its ``repr``) masked: exception texts may quote headers."""
+    if api_key:
+        for form in (repr(api_key)[1:-1], api_key.strip(), api_key):
+            if form:
+                text = text.replace(form, mask_key(api_key))
+    return text
 
 
 def classify(status: int, text: str = "", retry_after: str | None = None) -> Outcome:

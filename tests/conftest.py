@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -11,6 +12,7 @@ import pytest
 
 from optimizely_odp_ext import OdpOptimizely
 from optimizely_odp_ext.testing import OdpCollector, RecordingEventDispatcher, sample_datafile
+from optimizely_odp_ext.testing.redis_server import RedisServer, find_redis_server
 
 API_KEY = "test-odp-key"
 SDK_LOGGER = "tests.sdk"
@@ -59,3 +61,27 @@ def make_client(datafile: str, sdk_logger: logging.Logger) -> Iterator[ClientFac
 
 def log_lines(caplog: pytest.LogCaptureFixture, level: int = logging.WARNING) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == SDK_LOGGER and r.levelno >= level]
+
+
+def _require_redis() -> None:
+    """Skip without redis-server or redis-py on this machine; in CI (``CI`` set), fail instead:
+    ``.ci/run`` installs both, so a skip there would hide a broken install."""
+    missing = []
+    if find_redis_server() is None:
+        missing.append("redis-server is not installed (apt-get install -y redis-server)")
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        missing.append("redis-py is not installed (pip install -e '.[redis]')")
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail("; ".join(missing))
+        pytest.skip("; ".join(missing))
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A fresh redis-server on a free 127.0.0.1 port, AOF on (``everysec``), stopped after."""
+    _require_redis()
+    with RedisServer() as server:
+        yield server

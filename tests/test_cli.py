@@ -27,7 +27,7 @@ from test_cli_support import (
 from optimizely_odp_ext.cli import main
 from optimizely_odp_ext.cli import spool as spool_command
 from optimizely_odp_ext.cli.common import EXIT_INTERNAL, parse_value
-from optimizely_odp_ext.spool import SqliteSpool
+from optimizely_odp_ext.spool import SpoolRecord, SqliteSpool
 from optimizely_odp_ext.testing import DatafileServer, OdpCollector, sample_datafile
 
 URL = re.compile(r"http://127\.0\.0\.1:\d+")
@@ -221,7 +221,7 @@ def test_collector_stops_cleanly_on_sigterm() -> None:
 
 def make_spool(path: Path, rows: list[tuple[str, str, bytes]]) -> None:
     with SqliteSpool(path) as spool:
-        spool.append_many([(host, key, body, time.time()) for host, key, body in rows])
+        spool.append([SpoolRecord(host, key, body, time.time()) for host, key, body in rows])
 
 
 def test_spool_stats_replay_and_purge(collector: OdpCollector, tmp_path: Path) -> None:

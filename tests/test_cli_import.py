@@ -92,6 +92,7 @@ def test_jsonl_import_delivers_every_valid_row_once_and_rejects_the_others(colle
     assert {row_of(e): e["data"]["idempotence_id"] for e in collector.events} == expected
     assert len(collector.events) == len(valid) and not collector.duplicates()
     assert all(len(request.events) <= 100 for request in collector.requests)
+    assert collector.connections_opened() <= 3  # keep-alive: one connection per request in flight
     first = next(e for e in collector.events if row_of(e) == 1)
     assert first == json.loads(build_event("purchase", {"fs_user_id": "user-1"}, "fullstack",
                                            {"idempotence_id": expected[1], "n": 1}).to_json())

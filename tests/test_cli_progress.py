@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from test_cli_support import COMMAND, KEY, clean_environment, wire_event
 
-from optimizely_odp_ext.spool import SqliteSpool
+from optimizely_odp_ext.spool import SpoolRecord, SqliteSpool
 from optimizely_odp_ext.testing import OdpCollector
 
 WITHOUT_TQDM = [sys.executable, "-c", "import sys; sys.modules['tqdm'] = None; "
@@ -96,7 +96,7 @@ def test_spool_replay_on_a_terminal_shows_the_same_bar(tmp_path: Path) -> None:
     path = tmp_path / "spool.db"
     with OdpCollector(api_key=KEY) as collector:
         with SqliteSpool(path) as spool:
-            spool.append_many([(collector.url, KEY, wire_event(i), time.time()) for i in range(1500)])
+            spool.append([SpoolRecord(collector.url, KEY, wire_event(i), time.time()) for i in range(1500)])
         code, out, shown = run_on_a_terminal([*COMMAND, "spool", "replay", str(path), "--batch-size", "100"])
 
     assert code == 0, shown

@@ -117,7 +117,7 @@ def test_queue_event_manager_hands_over_json_and_integration_and_refuses_when_fu
     item = work.get_nowait()
     assert item.integration == client.odp_integration
     assert json.loads(item.body)["action"] == "first"
-    assert client.odp_stats()["dropped"] == {"queueFull": 1}
+    assert client.odp_stats()["refused"] == {"queueFull": 1}
 
 
 # -- flask_app.py -------------------------------------------------------------------------------

@@ -162,3 +162,17 @@ def test_a_second_process_on_the_same_spool_is_refused_and_falls_back_to_memory(
         finish(holder)
     assert "in use by another process" in out and "kept in memory only" in out
     assert actions(collector) == ["memory"]
+
+
+@pytest.mark.parametrize("manager", ["SyncEventManager", "BatchEventManager"])
+def test_exit_waits_exit_timeout_not_the_request_timeout(collector: OdpCollector, datafile: str, manager: str) -> None:
+    collector.set_delay(60)  # takes the request, never answers in time
+    began = time.monotonic()
+    finish(run_script(f"""
+        from optimizely_odp_ext import {manager}
+        c = OdpOptimizely(datafile=DATAFILE, event_dispatcher=RecordingEventDispatcher(),
+                          odp_event_manager={manager}(request_timeout=10, exit_timeout=1.0))
+        assert c.send_odp_event("at-exit", {{"fs_user_id": "u"}})
+        # no close: the interpreter exits, and the exit hook may spend exit_timeout on delivery
+    """, datafile))
+    assert time.monotonic() - began < 6, "bounded by exit_timeout (1 s), not request_timeout (10 s)"

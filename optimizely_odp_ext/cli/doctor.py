@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from datetime import datetime, timezone
 from typing import Any
 
 from optimizely_odp_ext import __version__, compat
@@ -169,8 +170,8 @@ def _spool(path: str | None, session: Session | None) -> tuple[str, str]:
         state = str(spool.get("state", "ok"))
         where = spool.get("description") or path
         if state != "ok":
-            details = ", ".join(f"{key} {value}" for key, value in sorted(spool.items())
-                                if key not in ("kind", "state", "description") and value not in (None, ""))
+            details = ", ".join(f"{key} {_shown(key, value)}" for key, value in sorted(spool.items())
+                                if key not in ("kind", "state", "description") and value not in (None, "", 0))
             return f"{where} ({state})", f"the spool {where} is {state}" + (f" ({details})" if details else "")
         return f"{where} ({_waiting(spool)})" if "events" in spool else str(where), ""
     said = next((text for text in session.recent.errors() if "spool" in text.lower()), "")
@@ -180,6 +181,13 @@ def _spool(path: str | None, session: Session | None) -> tuple[str, str]:
     if said:
         return f"{path} (cannot be used)", f"the spool cannot be used: {said}"
     return _inspect(path)
+
+
+def _shown(key: str, value: Any) -> str:
+    """A spool stats value for the report: a wall-clock time as UTC, the rest as it is."""
+    if isinstance(value, float) and (key == "since" or key.endswith("_at")) and value > 1e9:
+        return datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="seconds")
+    return str(value)
 
 
 def _waiting(spool: dict[str, Any]) -> str:

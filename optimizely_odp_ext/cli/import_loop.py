@@ -38,10 +38,9 @@ from optimizely_odp_ext.cli.import_rows import (
     jsonl_rows,
     read_csv_header,
 )
-from optimizely_odp_ext.cli.import_sender import BatchResult, Sender
+from optimizely_odp_ext.cli.import_sender import Batch, BatchResult, Item, Sender
 from optimizely_odp_ext.cli.progress import Progress
 from optimizely_odp_ext.integration import OdpIntegration
-from optimizely_odp_ext.managers.batching import Batch, Item
 from optimizely_odp_ext.result import DiscardReason
 from optimizely_odp_ext.settings import SETTINGS_BY_NAME
 
@@ -184,13 +183,13 @@ class Importer:
         size = len(row.event) + 1
         if self.batch and self.batch_bytes + size > MAX_BATCH_BYTES:
             self._submit()
-        self.batch.append(Item(row.number, row.event, 0.0))
+        self.batch.append(Item(row.number, row.event))
         self.batch_bytes += size
         if len(self.batch) >= self.args.batch_size:
             self._submit()
 
     def _submit(self) -> None:
-        self.sender.submit(Batch(self.destination, self.batch))
+        self.sender.submit(Batch(self.batch))
         self.batch, self.batch_bytes = [], 2
         limit = 2 * self.args.in_flight  # one batch waiting per request under way keeps them all busy
         while self.sender.outstanding >= limit and not self.sender.stopping.is_set():
@@ -211,11 +210,11 @@ class Importer:
     def _record(self, result: BatchResult) -> None:
         checkpoint = self.checkpoint
         for item, answer in result.refused:
-            self.rejects.write(item.seq, DiscardReason.REJECTED.value, answer, event=json.loads(item.body))
-            self._resolved_refused(item.seq, DiscardReason.REJECTED.value)
+            self.rejects.write(item.row, DiscardReason.REJECTED.value, answer, event=json.loads(item.body))
+            self._resolved_refused(item.row, DiscardReason.REJECTED.value)
         if result.delivered:
             checkpoint.delivered += len(result.delivered)
-            checkpoint.resolution.resolve(item.seq for item in result.delivered)
+            checkpoint.resolution.resolve(item.row for item in result.delivered)
             self._progress.advance(delivered=len(result.delivered))
         self.unsent += len(result.unsent)
 

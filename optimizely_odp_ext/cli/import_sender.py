@@ -19,11 +19,12 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from optimizely_odp_ext import encoding
 from optimizely_odp_ext.cli.common import masked, seconds
 from optimizely_odp_ext.integration import OdpIntegration
-from optimizely_odp_ext.managers.batching import Batch, Item
 from optimizely_odp_ext.retry import backoff_delay
 from optimizely_odp_ext.settings import SETTINGS_BY_NAME
 from optimizely_odp_ext.transport import Outcome, OutcomeKind, Transport
@@ -32,6 +33,27 @@ INITIAL_BACKOFF = float(SETTINGS_BY_NAME["retry_initial_backoff"].default)
 MAX_BACKOFF = float(SETTINGS_BY_NAME["retry_max_backoff"].default)
 _STOP_CHECK = 0.25
 """Seconds between two looks at the stop flag while waiting to retry."""
+
+
+class Item(NamedTuple):
+    """One row's event, encoded."""
+
+    row: int
+    body: bytes
+
+
+@dataclass
+class Batch:
+    """Rows that travel in one request."""
+
+    items: list[Item] = field(default_factory=list)
+
+    def body(self) -> bytes:
+        return encoding.join([item.body for item in self.items])
+
+    def split(self) -> tuple[Batch, Batch]:
+        half = len(self.items) // 2
+        return Batch(self.items[:half]), Batch(self.items[half:])
 
 
 class BatchResult(NamedTuple):

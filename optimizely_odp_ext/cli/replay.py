@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from optimizely_odp_ext import encoding
 from optimizely_odp_ext.cli.common import seconds
 from optimizely_odp_ext.cli.progress import Progress
 from optimizely_odp_ext.integration import OdpIntegration, mask_key
-from optimizely_odp_ext.managers.batching import Batch, Item
 from optimizely_odp_ext.retry import backoff_delay
 from optimizely_odp_ext.settings import SETTINGS_BY_NAME
+from optimizely_odp_ext.spool.base import SpoolId
 from optimizely_odp_ext.transport import Outcome, OutcomeKind, Transport
 
 if TYPE_CHECKING:
@@ -19,6 +21,23 @@ if TYPE_CHECKING:
 REPLAY_RETRIES = 3
 REPLAY_MAX_BACKOFF = 30.0
 MAX_BATCH_BYTES = int(SETTINGS_BY_NAME["max_batch_bytes"].default)
+
+
+@dataclass
+class Batch:
+    """Spooled events that travel in one request: their bytes and their spool ids."""
+
+    destination: OdpIntegration
+    bodies: list[bytes] = field(default_factory=list)
+    ids: list[SpoolId] = field(default_factory=list)
+
+    def body(self) -> bytes:
+        return encoding.join(self.bodies)
+
+    def split(self) -> tuple[Batch, Batch]:
+        half = len(self.bodies) // 2
+        return (Batch(self.destination, self.bodies[:half], self.ids[:half]),
+                Batch(self.destination, self.bodies[half:], self.ids[half:]))
 
 
 class Replay:
@@ -35,7 +54,6 @@ class Replay:
         self.batch_size = batch_size
         self.total = spool.count()
         self.delivered = self.refused = self.skipped = 0
-        self._seq = 0
         self.blocked: dict[OdpIntegration, str] = {}
         self.progress = (Progress("replay", self.total) if progress_interval is None
                          else Progress("replay", self.total, interval=progress_interval))
@@ -55,43 +73,42 @@ class Replay:
             if destination in self.blocked:
                 self._done(skipped=1)
                 continue
-            batch = pending.setdefault(destination, Batch(destination, []))
-            if batch.items and (len(batch.items) >= self.batch_size
-                                or sizes[destination] + len(event.body) + 1 > MAX_BATCH_BYTES):
+            batch = pending.setdefault(destination, Batch(destination))
+            if batch.ids and (len(batch.ids) >= self.batch_size
+                              or sizes[destination] + len(event.body) + 2 > MAX_BATCH_BYTES):
                 self._send(batch)
-                batch = pending[destination] = Batch(destination, [])
-            if not batch.items:
+                batch = pending[destination] = Batch(destination)
+            if not batch.ids:
                 sizes[destination] = 2
-            # seq: the row id keeps the spool's order; accepted_at (monotonic) is unused here
-            batch.items.append(Item(self._seq, event.body, 0.0, event.id))
-            self._seq += 1
-            sizes[destination] += len(event.body) + 1
+            batch.bodies.append(event.body)
+            batch.ids.append(event.id)
+            sizes[destination] += len(event.body) + 2
         for batch in pending.values():
-            if batch.items:
+            if batch.ids:
                 self._send(batch)
 
     def _send(self, batch: Batch) -> None:
         destination = batch.destination
         if destination in self.blocked:
-            self._done(skipped=len(batch.items))
+            self._done(skipped=len(batch.ids))
             return
         outcome = self._post(batch)
         if outcome.kind is OutcomeKind.DELIVERED:
-            self.spool.delete(item.spool_id for item in batch.items)
-            self._done(delivered=len(batch.items))
-        elif outcome.kind is OutcomeKind.REJECTED and len(batch.items) > 1:
+            self.spool.delete(batch.ids)
+            self._done(delivered=len(batch.ids))
+        elif outcome.kind is OutcomeKind.REJECTED and len(batch.ids) > 1:
             for half in batch.split():
                 self._send(half)
         elif outcome.kind is OutcomeKind.REJECTED:
-            rowid = batch.items[0].spool_id
+            rowid = batch.ids[0]
             self.progress.warn(f"ODP refused event {rowid} ({outcome.detail}); it is deleted")
             self.spool.delete([rowid])
             self._done(refused=1)
         else:
             self.blocked[destination] = outcome.detail or outcome.kind.value
-            self.progress.warn(f"giving up {destination.host} (key {mask_key(destination.api_key)}) for this replay: "
-                 f"{outcome.detail or outcome.kind.value}; its events stay in the spool")
-            self._done(skipped=len(batch.items))
+            self.progress.warn(f"giving up {destination.host} (key {mask_key(destination.api_key)}) for this "
+                               f"replay: {outcome.detail or outcome.kind.value}; its events stay in the spool")
+            self._done(skipped=len(batch.ids))
 
     def _post(self, batch: Batch) -> Outcome:
         body = batch.body()

@@ -10,6 +10,9 @@ from optimizely_odp_ext.event import OdpEvent
 from optimizely_odp_ext.integration import OdpIntegration
 from optimizely_odp_ext.result import SendResult
 
+DEFAULT_FLUSH_TIMEOUT = 30.0
+"""Seconds ``flush()`` waits at most when given no timeout (OpenTelemetry's ``force_flush`` default)."""
+
 
 class EventManager(ABC):
     """What ``OdpOptimizely.send_odp_event`` delegates to.
@@ -56,7 +59,8 @@ class EventManager(ABC):
 
     def flush(self, timeout: float | None = None) -> bool:
         """Deliver everything accepted so far; True when it all was delivered or finally
-        resolved within ``timeout`` seconds (None: no limit). Blocks; thread-safe."""
+        resolved within ``timeout`` seconds (None: :data:`DEFAULT_FLUSH_TIMEOUT`). Blocks up
+        to ``timeout``; thread-safe."""
         return True
 
     def close(self, timeout: float | None = None) -> bool:

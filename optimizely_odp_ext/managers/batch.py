@@ -1,427 +1,475 @@
 """The default event manager: batches in the background, several requests in flight.
 
-The caller's thread only appends the (already validated) event to a deque. A
-dispatcher thread encodes events, cuts batches (by count, bytes and time) per
-destination, and hands them to ``max_in_flight`` sender threads that share one
-keep-alive ``requests.Session``. Outcomes come back to the dispatcher's structures
-under one lock; nothing is dropped except by the documented policies (queue full,
-refused by the server, older than ``max_event_age``, left at shutdown), each counted
-and logged.
+The caller's thread checks capacity and appends the (already validated) event to a deque,
+under a lock that is only ever held for a few operations, never while encoding or sending.
+
+Workers (one thread at first, up to ``max_in_flight`` when there is more to do than one can
+do) take turns at two jobs: cutting and encoding a batch, and sending one. A worker that
+encodes a batch usually sends it too, so at low latency one thread does all the work and
+nothing is handed from thread to thread; while requests wait for ODP, other workers encode
+and send the next batches. Nothing is dropped except by the documented policies (refused by
+the server, older than ``max_event_age``, left at shutdown), each counted, announced and logged.
 """
 
 from __future__ import annotations
 
-import queue
+import functools
 import threading
 import time
-from collections import deque
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Callable
 
-from optimizely_odp_ext import notifications
+from optimizely_odp_ext import encoding
 from optimizely_odp_ext.event import OdpEvent
-from optimizely_odp_ext.integration import OdpIntegration, mask_key
+from optimizely_odp_ext.integration import OdpIntegration
 from optimizely_odp_ext.managers import lifecycle
-from optimizely_odp_ext.managers.base import EventManager
-from optimizely_odp_ext.managers.batching import Batch, Item
-from optimizely_odp_ext.managers.ledger import DeliveryLedger, Fate
+from optimizely_odp_ext.managers.base import DEFAULT_FLUSH_TIMEOUT, EventManager
+from optimizely_odp_ext.managers.batching import OBJECT_OVERHEAD, Encoded, json_size_estimate, queued
+from optimizely_odp_ext.managers.fleet import FleetJobs
+from optimizely_odp_ext.managers.jobs import DeliveryJobs
+from optimizely_odp_ext.managers.spool_link import SpoolLink
+from optimizely_odp_ext.managers.state import ENCODED_OVERHEAD, encoded_memory, seq_of
 from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
 from optimizely_odp_ext.settings import ManagerSettings
-from optimizely_odp_ext.spool import SpoolError, SpoolId, SqliteSpool
-from optimizely_odp_ext.transport import Outcome, Transport
+from optimizely_odp_ext.spool import Spool, SpoolRecord
+from optimizely_odp_ext.spool.opening import SpoolProblem, open_configured_spool
 
-ENCODE_CHUNK = 500
-"""Events encoded per hold of the lock: outcomes never wait long for it, and full batches
-leave between chunks."""
-_EXPIRY_CHECK_INTERVAL = 1.0
+SAMPLE_EVERY_MASK = 63
+"""One event in 64 has its size measured at send (the mean size it counts for, until its batch
+is encoded, follows a burst of larger events within 64 events)."""
+SPAWN_LATENCY = 0.005
+"""Seconds a request must take, on average, before a second worker is worth its GIL contention."""
+CLAIM_CHUNK = 5000
+"""Events a previous run left in the spool, read per call."""
+
+Job = Callable[[], None]
 
 
-class BatchEventManager(EventManager):
+class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
     """Delivers ODP events in batches from background threads.
 
-    Every setting can be given as an argument, or as an ``OPTIMIZELY_ODP_*``
-    environment variable (see :mod:`optimizely_odp_ext.settings`). ``send`` never
-    blocks; ``flush`` and ``close`` block up to their timeout. All methods are
-    thread-safe. Threads start on the first event, and again in a forked child.
+    Every setting can be given as an argument, or as an ``OPTIMIZELY_ODP_*`` environment
+    variable (see :mod:`optimizely_odp_ext.settings`). ``send`` never blocks (with a
+    write-through spool it waits for the store's own write); ``flush`` and ``close`` block up
+    to their timeout. All methods are thread-safe. Threads start with the first event, and
+    again in a forked child.
+
+    Args:
+        spool: a store for accepted events (any :class:`~optimizely_odp_ext.spool.Spool`);
+            default: the one ``spool_path`` names, or none.
+        **settings: see :data:`optimizely_odp_ext.settings.SETTINGS`.
+
+    Raises:
+        SettingError: a setting has a value it cannot take, or the spool it names cannot be
+            used (not writable, not a spool).
     """
 
-    def __init__(self, **settings: Any) -> None:
+    def __init__(self, *, spool: Spool | None = None, **settings: Any) -> None:
         self.settings = ManagerSettings.resolve(settings)
         self.logger: Any = lifecycle.NullLogger()
         self.notification_center: Any = None
         self._closed = False
-        self._spool: SqliteSpool | None = None
-        self._spool_error = ""
-        self._spool_lost_in_fork = False
-        if self.settings.spool_path:
-            try:
-                self._spool = SqliteSpool(self.settings.spool_path)
-            except SpoolError as error:
-                self._spool_error = f"ODP spool disabled, events are kept in memory only: {error}"
+        self._spool_problem: SpoolProblem | None = None
+        self._link: SpoolLink | None = None
+        if spool is None:
+            spool, self._spool_problem = open_configured_spool(self.settings)
+        if spool is not None:
+            self._link = SpoolLink(spool, self.logger)
         self._init_runtime_state()
         lifecycle.track(self)
 
-    # -- state that a forked child rebuilds -------------------------------------------------
-    def _init_runtime_state(self) -> None:
-        s = self.settings
-        self._incoming: deque[tuple[OdpEvent, int]] = deque()
-        """(event, spool row id) pairs appended by callers; drained by the dispatcher."""
-        self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-        """Notified whenever events are resolved (delivered or dropped)."""
-        self._wake = threading.Event()
-        self._idle = False
-        self._started = False
-        self._stopping = False
-        self._flush_requests = 0
-        self._ledger = DeliveryLedger(s)
-        """Destinations, batches in flight, counters and notifications (under the lock)."""
-        self._work: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
-        self._transport = Transport(s.request_timeout, s.max_in_flight)
-        self._next_seq = 0
-        self._buffered_events = 0
-        self._buffered_bytes = 0
-        self._event_bytes_estimate = 300
-        """Average encoded size so far: what an event not yet encoded counts against max_queue_bytes."""
-        self._last_expiry_check = 0.0
-        self._current_integration: OdpIntegration | None = None
-
     # -- the caller's side -------------------------------------------------------------------
     def start(self, *, logger: Any, notification_center: Any, integration: OdpIntegration | None) -> None:
-        """Take the SDK's logger and notification center; deliver what a previous run left
-        in the spool. Non-blocking apart from reading the spool."""
+        """Take the SDK's logger and notification center; events a previous run left in the
+        spool are read and delivered in the background. Non-blocking."""
         self.logger = logger
         self.notification_center = notification_center
-        if self._spool_error:
-            self.logger.error(self._spool_error)
-        self._recover_spooled_events()
-
-    def _recover_spooled_events(self) -> None:
-        if self._spool is None:
-            return
-        try:
-            spooled = list(self._spool.iter_all())
-        except SpoolError as error:
-            self.logger.error(f"ODP spool could not be read, its events stay in it: {error}")
-            return
-        if not spooled:
-            return
-        now_wall, now = time.time(), time.monotonic()
+        if self._spool_problem is not None:
+            logger.error(self._spool_problem.message)
+        link = self._link
+        if link is not None:
+            link.logger = logger
+            for line in link.opening_log():
+                logger.error(line)
         with self._lock:
-            for row in spooled:
-                item = Item(self._next_seq, row.body, now - max(0.0, now_wall - row.accepted_at), row.id)
-                self._next_seq += 1
-                self._ledger.destination(OdpIntegration(row.host, row.api_key)).add(item)
-                self._buffered_events += 1
-                self._buffered_bytes += len(row.body)
-        self.logger.info(f"ODP: {len(spooled)} events from the spool of a previous run will be delivered.")
-        self._start_threads()
-        self._wake.set()
+            self._current = integration
+            deliverer = self._fleet and self.settings.deliver  # claims from the fleet's stream at once
+            start = (self._spool_backlog or deliverer) and self._reserve_worker()
+        if start:
+            self._start_worker()
 
     def send(self, event: OdpEvent) -> SendResult:
-        """Queue one event. Non-blocking, thread-safe, never raises."""
+        """Queue one event. Non-blocking (with a write-through spool: waits for the store's
+        write), thread-safe, never raises. A refusal is returned, not counted or logged here."""
         if self._closed:
-            return self._refuse(DiscardReason.CLOSED, "ODP event manager is closed; event discarded.")
-        incoming = self._incoming
+            return _closed_result()
+        integration = event.integration
+        if integration is None:  # the client binds every event before handing it over
+            return SendResult.discarded(DiscardReason.ODP_NOT_INTEGRATED, "ODP event has no integration.")
+        link = self._link
+        if link is not None and link.write_through:
+            return self._send_through(event, integration, link)
+        self._sampled += 1
+        if not self._sampled & SAMPLE_EVERY_MASK:  # now and then, measure one (a burst of large events)
+            self._json_estimate = max(self._json_estimate - self._json_estimate // 8, json_size_estimate(event))
+        estimate = self._json_estimate + OBJECT_OVERHEAD
         s = self.settings
-        waiting = len(incoming)
-        if (waiting + self._buffered_events >= s.max_queue_events
-                or self._buffered_bytes + waiting * self._event_bytes_estimate >= s.max_queue_bytes):
-            return self._refuse(
-                DiscardReason.QUEUE_FULL,
-                f"ODP event queue is full ({s.max_queue_events} events / {s.max_queue_bytes} bytes); "
-                "event discarded.",
-            )
-        if not self._started:
-            self._start_threads()
-        spool_id = self._store(event) if self._spool is not None else 0
-        incoming.append((event, spool_id))
-        if self._idle or len(incoming) >= s.batch_size:
-            self._idle = False
-            self._wake.set()
+        with self._lock:
+            if self._closed:
+                return _closed_result()
+            if (self._held >= s.max_queue_events
+                    or self._unencoded * estimate + self._encoded_bytes + estimate > s.max_queue_bytes):
+                return _queue_full_result(s)
+            self._held += 1
+            self._unencoded += 1
+            self._accepted += 1
+            seq = self._next_seq
+            self._next_seq = seq + 1
+            if self._fleet:
+                self._to_store.append((integration, queued(seq, event)))
+                start = self._wake_for(len(self._to_store))
+            else:
+                dest = self._destination(integration)
+                dest.waiting.append(queued(seq, event))
+                start = self._wake_for(len(dest.waiting))
+        if start:
+            self._start_worker()
         return ACCEPTED
 
-    def _store(self, event: OdpEvent) -> int:
-        """Write the event to the spool before ``send`` returns; 0 if that failed (it is
-        then kept in memory only, and the failure logged)."""
-        assert self._spool is not None and event.integration is not None
+    def _send_through(self, event: OdpEvent, integration: OdpIntegration, link: SpoolLink) -> SendResult:
+        """``send`` with a write-through spool: the event is stored before this returns."""
         try:
-            return self._spool.append(event.integration.host, event.integration.api_key, event.to_json(),
-                                      time.time())
-        except (SpoolError, ValueError, TypeError) as error:
-            self.logger.error(f"ODP event could not be written to the spool, kept in memory only: {error}")
-            return 0
-
-    def _refuse(self, reason: DiscardReason, message: str) -> SendResult:
+            body = encoding.encode(event.to_dict())
+        except (TypeError, ValueError, OverflowError) as error:
+            return SendResult.discarded(DiscardReason.INVALID_DATA, f"ODP event cannot be encoded: {error}")
+        size = len(body) + ENCODED_OVERHEAD
+        s = self.settings
         with self._lock:
-            self._ledger.dropped[reason.value] += 1
-        self.logger.warning(message)
-        return SendResult.discarded(reason, message)
+            if self._closed:
+                return _closed_result()
+            if self._held >= s.max_queue_events or self._memory() + size > s.max_queue_bytes:
+                return _queue_full_result(s)
+            self._held += 1
+            self._accepted += 1
+            self._encoded_bytes += size
+            seq = self._next_seq
+            self._next_seq = seq + 1
+            self._storing += 1
+        try:
+            ids = link.append([SpoolRecord(integration.host, integration.api_key, body, time.time())])
+        finally:
+            with self._lock:
+                self._storing -= 1
+                dest = self._destination(integration)
+                dest.waiting.append(Encoded(seq, event.accepted_at, body, ids[0] if ids else 0))
+                if len(dest.waiting) > 1 and dest.waiting[-2][0] > seq:  # another caller stored first
+                    dest.waiting.sort(key=seq_of)
+                start = self._wake_for(len(dest.waiting))
+        if start:
+            self._start_worker()
+        return ACCEPTED
+
+    def _wake_for(self, waiting: int) -> bool:
+        """After an event joined a destination's queue of ``waiting`` (lock held): wake an idle
+        worker when the first event arrives (to time the flush interval) or a batch is full;
+        True when a worker must be started."""
+        if self._idle:
+            if waiting == 1 or waiting == self._cut_size():
+                self._work.notify()
+            return False
+        return not self._workers and self._reserve_worker()
+
+    def park(self, events: Sequence[OdpEvent]) -> int:
+        """Store events whose destination is not known yet in the spool, for the next start.
+        Blocks for the store's write; returns how many were stored (0 without a spool, and with
+        a shared one: another process of the fleet could not tell where they go)."""
+        link = self._link
+        if link is None or link.shared or not events:
+            return 0
+        now = time.time()
+        records = []
+        for event in events:
+            try:
+                records.append(SpoolRecord("", "", encoding.encode(event.to_dict()), now))
+            except (TypeError, ValueError, OverflowError):
+                continue
+        ids = link.append(records)
+        return len(ids) if ids else 0
 
     def flush(self, timeout: float | None = None) -> bool:
         """Send everything accepted so far now, and wait until it was delivered or finally
-        resolved. Returns False if ``timeout`` (seconds) ran out first. Blocks; thread-safe."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        resolved: True then, False if ``timeout`` seconds (None: :data:`DEFAULT_FLUSH_TIMEOUT`)
+        ran out first. Blocks up to ``timeout``; thread-safe."""
+        limit = DEFAULT_FLUSH_TIMEOUT if timeout is None else max(0.0, timeout)
+        deadline = time.monotonic() + limit
         with self._lock:
-            target = self._next_seq + len(self._incoming)
-            if not self._started and not self._incoming:
+            target = self._next_seq
+            if self._fleet:
+                self._flushing += 1
+                try:
+                    return self._flush_fleet(target, deadline) and self._wait_announced(deadline)
+                finally:
+                    self._flushing -= 1
+            if self._resolved_before(target) and self._announced_before(self._outputs_taken) and not (
+                    self._logs or self._ledger.notes):
                 return True
-            self._flush_requests += 1
-            self._ledger.hurry(time.monotonic())
-        try:
-            self._wake.set()
-            with self._lock:
-                while True:
-                    oldest = self._oldest_unresolved()
-                    if oldest is None or oldest >= target:
-                        return True
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
+            self._flushing += 1
+            try:
+                self._ledger.hurry(time.monotonic())
+                self._work.notify_all()
+                if not self._workers and self._reserve_worker():
+                    self._lock.release()
+                    try:
+                        self._start_worker()
+                    finally:
+                        self._lock.acquire()
+                while not self._resolved_before(target):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
                         return False
-                    self._changed.wait(remaining)
-        finally:
-            with self._lock:
-                self._flush_requests -= 1
+                    self._done.wait(remaining)
+                return self._wait_announced(deadline)
+            finally:
+                self._flushing -= 1
+
+    def _wait_announced(self, deadline: float) -> bool:
+        """Wait (lock held) until the log lines and notifications of what was resolved are out,
+        so that listeners have heard of every outcome when flush() returns True."""
+        output = self._take_output()
+        if output.number >= 0:
+            self._lock.release()
+            try:
+                self._emit(output)
+            finally:
+                self._lock.acquire()
+        number = self._outputs_taken
+        while not self._announced_before(number):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._done.wait(remaining)
+        return True
 
     def close(self, timeout: float | None = None) -> bool:
         """Stop accepting events, deliver what was accepted within ``timeout`` (default: the
-        ``close_timeout`` setting), then stop the threads. What is left is counted as
-        dropped (reason ``shutdown``) and logged. Idempotent. Blocks; thread-safe."""
-        if self._closed:
-            return self._undelivered() == 0
-        self._closed = True
-        limit = self.settings.close_timeout if timeout is None else timeout
+        ``close_timeout`` setting), then stop. What is left is counted as dropped (reason
+        ``shutdown``) and logged, except what a spool keeps for the next start. Idempotent (a
+        second call returns the first one's verdict). Blocks up to ``timeout``; thread-safe."""
+        with self._lock:
+            if self._closed:
+                return self._close_result
+            self._closed = True
+        limit = self.settings.close_timeout if timeout is None else max(0.0, timeout)
         delivered_all = self.flush(limit)
         with self._lock:
-            self._stopping = True
-            while self._incoming:  # accepted by a send that raced with close
-                self._accept_chunk()
-            left = self._ledger.take_all()
-            left_in_flight = self._ledger.in_flight_events
-            spooled = sum(1 for item in left if item.spool_id)
-            self._resolve_dropped([item for item in left if not item.spool_id], DiscardReason.SHUTDOWN)
-            notes = self._take_notes()
-        self._fire(notes)
-        self._wake.set()
-        for _ in self._threads:
-            self._work.put(None)
-        if left or left_in_flight:
-            where = f"; {spooled} of them stay in the spool for the next start" if spooled else ""
-            self.logger.error(
-                f"ODP event manager closed with {len(left) + left_in_flight} events undelivered "
-                f"(timeout {limit}s){where}."
-            )
+            self._stopping = self._finished = True
+            dropped, kept = self._abandon_everything()
+            in_flight = self._ledger.in_flight_events + self._sealing_events
+            self._work.notify_all()
+            self._done.notify_all()
+            output = self._take_output()
+            acks, self._pending_acks = self._pending_acks, []
+        self._emit(output)
+        link = self._link
+        if acks and link is not None:
+            link.ack(acks)
+        if link is not None and link.shared:
+            dropped += self._give_back(kept)
+        self._close_result = delivered_all and not dropped and not kept and not in_flight
+        if dropped or kept or in_flight:
+            if link is not None and link.shared:
+                where = f"; {len(kept)} claimed ones were handed back to the fleet" if kept else ""
+            else:
+                where = f"; {len(kept)} of them stay in the spool for the next start" if kept else ""
+            flying = f"; {in_flight} were still in flight" if in_flight else ""
+            if in_flight and link is not None:
+                flying += " (undelivered ones stay in the spool)"
+            self.logger.error(f"ODP event manager closed with {dropped + len(kept) + in_flight} events "
+                              f"undelivered (timeout {limit:g}s){where}{flying}.")
+        self._log_limiter.flush()
         self._transport.close()
-        if self._spool is not None:
-            self._spool.close()
+        if self._link is not None:
+            self._link.close()
         lifecycle.untrack(self)
-        return delivered_all and not left and not left_in_flight
+        return self._close_result
 
     def stats(self) -> dict[str, Any]:
-        """A snapshot of the counters. Thread-safe."""
+        """A snapshot of the counters. Non-blocking; thread-safe."""
         with self._lock:
-            return self._ledger.stats(
-                accepted=self._next_seq + len(self._incoming),
-                queued=self._buffered_events - self._ledger.in_flight_events + len(self._incoming),
-                queued_bytes=self._buffered_bytes,
+            stats = self._ledger.stats()
+            stats.update(
+                accepted=self._accepted,
+                recovered=self._recovered,
+                queued=self._held - self._ledger.in_flight_events,
+                queued_bytes=self._memory(),
             )
+            if self._fleet:
+                stats.update(self._fleet_stats())
+            unbound = len(self._unbound)
+        if self._link is not None:
+            stats["spool"] = self._link.state()
+            stats["spool"]["awaiting_destination"] = unbound
+        elif self._spool_problem is not None:
+            stats["spool"] = self._spool_problem.state()
+        return stats
 
     def integration_changed(self, integration: OdpIntegration | None) -> None:
-        """Events held back by a refused key move to the new integration."""
+        """Events held back by a refused key move to the new integration; events read back from a
+        spool without a destination go to it (or, not integrated, are given up). Non-blocking."""
         with self._lock:
-            self._current_integration = integration
+            self._current = integration
+            self._integration_known = True
+            unbound, self._unbound = self._unbound, []
             if integration is None:
-                return
-            self._ledger.move_refused(integration, self.logger)
-        self._wake.set()
+                self._give_up(len(unbound), DiscardReason.ODP_NOT_INTEGRATED, [item.spool_id for item in unbound],
+                              encoded_memory(unbound))
+            else:
+                self._ledger.destination(integration).put_back_first(unbound)
+                self._ledger.move_refused(integration, self._log)
+            self._work.notify()
+            start = not self._workers and self._held > 0 and self._reserve_worker()
+            output = self._take_output()
+        if start:
+            self._start_worker()
+        self._emit(output)
 
-    # -- threads -----------------------------------------------------------------------------
-    def _start_threads(self) -> None:
-        with self._lock:
-            if self._started:
-                return
-            self._started = True
-            if self._spool_lost_in_fork:
-                self.logger.warning("ODP spool belongs to the parent process; this forked process keeps "
-                                    "its events in memory only.")
-            self._threads = [threading.Thread(target=self._run_dispatcher, name="odp-dispatcher", daemon=True)]
-            self._threads += [
-                threading.Thread(target=self._run_sender, name=f"odp-sender-{i}", daemon=True)
-                for i in range(self.settings.max_in_flight)
-            ]
-        for thread in self._threads:
-            thread.start()
+    # -- workers ---------------------------------------------------------------------------------
+    def _reserve_worker(self) -> bool:
+        """Count one more worker if one may start (lock held); the caller then calls
+        :meth:`_start_worker` once it released the lock (starting a thread waits for it)."""
+        if self._stopping or self._workers >= self.settings.max_in_flight:
+            return False
+        self._workers += 1
+        return True
 
-    def _run_dispatcher(self) -> None:
-        while not self._stopping:
-            try:
-                wait = self._dispatch_once()
-            except Exception as error:  # a bug must not stop delivery for good
-                self.logger.error(f"ODP dispatcher error: {type(error).__name__}: {error}")
-                wait = 0.1
-            if wait is None:
-                self._idle = True
-                if self._incoming:
-                    self._idle = False
-                    continue
-            self._wake.wait(wait)
-            self._wake.clear()
-
-    def _dispatch_once(self) -> float | None:
-        """Encode new events and send due batches, a chunk at a time so that the first full
-        batches leave while the rest of a burst is still being encoded; return seconds
-        until there is more to do (None: wait to be woken)."""
-        while True:
-            with self._lock:
-                self._accept_chunk()
-            wait = self._send_due_batches()
-            if not self._incoming:
-                return wait
-
-    def _send_due_batches(self) -> float | None:
-        s, ledger = self.settings, self._ledger
-        now = time.monotonic()
-        with self._lock:
-            if now - self._last_expiry_check >= _EXPIRY_CHECK_INTERVAL:
-                self._expire(now)
-            notes = self._take_notes()
-        self._fire(notes)
-        with self._lock:
-            flushing = self._flush_requests > 0 or self._closed
-            next_due: float | None = None
-            for dest in list(ledger.destinations.values()):
-                while len(ledger.in_flight) < s.max_in_flight:
-                    batch = ledger.take_batch(dest, now, s.flush_interval, flushing)
-                    if batch is None:
-                        break
-                    self._work.put(batch)
-                due = dest.due_at(0.0 if flushing else s.flush_interval)
-                if due is not None and (dest.failures == 0 or dest.in_flight == 0):
-                    next_due = due if next_due is None else min(next_due, due)
-                if not dest.has_work() and dest.in_flight == 0:
-                    del ledger.destinations[dest.integration]
-            if next_due is None:
-                return None
-            if len(ledger.in_flight) >= s.max_in_flight:
-                return None  # a sender finishing wakes us
-            return max(0.0, next_due - time.monotonic())
-
-    def _accept_chunk(self) -> None:
-        """Move up to ENCODE_CHUNK events from the caller's deque into their destinations."""
-        incoming, destination, dropped = self._incoming, self._ledger.destination, self._ledger.dropped
-        for _ in range(min(ENCODE_CHUNK, len(incoming))):
-            event, spool_id = incoming.popleft()
-            seq = self._next_seq
-            self._next_seq = seq + 1
-            integration = event.integration
-            try:
-                body = event.to_json()
-            except (TypeError, ValueError) as error:  # validated before: only a bug gets here
-                dropped[DiscardReason.INTERNAL_ERROR.value] += 1
-                self.logger.error(f"ODP event could not be encoded and was dropped: {error}")
-                continue
-            if integration is None:
-                dropped[DiscardReason.ODP_NOT_INTEGRATED.value] += 1
-                continue
-            destination(integration).add(Item(seq, body, event.accepted_at, spool_id))
-            self._buffered_events += 1
-            self._buffered_bytes += len(body)
-            self._event_bytes_estimate += (len(body) - self._event_bytes_estimate) // 64
-
-    def _run_sender(self) -> None:
-        while True:
-            batch = self._work.get()
-            if batch is None:
-                return
-            batch.attempts += 1
-            outcome = self._transport.send(batch.destination, batch.body())
-            with self._lock:
-                self._complete(batch, outcome)
-                notes = self._take_notes()
-            self._wake.set()
-            self._fire(notes)
-
-    # -- outcomes (called with the lock held) -------------------------------------------------
-    def _complete(self, batch: Batch, outcome: Outcome) -> None:
-        """The retry rules (the ledger's), then this manager's part: spool rows and capacity of
-        resolved events, a 401 batch re-keyed to the key now in force, the retry warning."""
-        current = self._current_integration
-        done = self._ledger.complete(batch, outcome, self.logger, new_key=current,
-                                     hurry=self._flush_requests > 0 or self._closed)
-        if done.resolved:
-            self._release(batch.items)
-            self._changed.notify_all()
-        elif done.fate is Fate.MOVE and current is not None:
-            self._ledger.move(current, batch.items, self.logger)  # a new key arrived while this batch was out
-        elif done.fate is Fate.RETRY:
-            message = (f"ODP request failed ({outcome.detail}); {len(batch.items)} events kept, "
-                       f"retry #{done.dest.failures} in {done.delay:.2f}s.")
-            if done.dest.unauthorized:
-                message += f" The key {mask_key(batch.destination.api_key)} is refused: waiting for a new one."
-            self.logger.warning(message)
-
-    def _release(self, items: list[Item]) -> None:
-        """Items are resolved for good (delivered or dropped): forget them, here and in the
-        spool. The spool rows go before flush() can see the items resolved."""
-        if self._spool is not None:
-            self._delete_from_spool([item.spool_id for item in items if item.spool_id])
-        self._buffered_events -= len(items)
-        self._buffered_bytes -= sum(len(item.body) for item in items)
-
-    def _resolve_dropped(self, items: list[Item], reason: DiscardReason) -> None:
-        if not items:
-            return
-        self._ledger.drop(items, reason)
-        self._release(items)
-        self._changed.notify_all()
-
-    def _expire(self, now: float) -> None:
-        self._last_expiry_check = now
-        cutoff = now - self.settings.max_event_age
-        for dest in self._ledger.destinations.values():
-            expired = dest.take_older_than(cutoff)
-            if expired:
-                self.logger.error(
-                    f"ODP gave up {len(expired)} events older than {self.settings.max_event_age}s "
-                    f"(destination {dest.integration.host})."
-                )
-                self._resolve_dropped(expired, DiscardReason.EXPIRED)
-
-    def _oldest_unresolved(self) -> int | None:
-        oldest = self._ledger.oldest_unresolved()
-        if self._incoming and (oldest is None or self._next_seq < oldest):
-            return self._next_seq
-        return oldest
-
-    def _undelivered(self) -> int:
-        with self._lock:
-            return self._buffered_events + len(self._incoming)
-
-    def _delete_from_spool(self, rowids: list[SpoolId]) -> None:
-        assert self._spool is not None
-        if not rowids:
-            return
+    def _start_worker(self) -> None:
+        """Start a reserved worker (lock released)."""
         try:
-            self._spool.delete(rowids)
-        except SpoolError as error:
-            self.logger.error(f"ODP spool rows could not be deleted (they may be sent again): {error}")
+            threading.Thread(target=self._run_worker, name="odp-worker", daemon=True).start()
+        except BaseException:  # e.g. "can't start new thread": the others carry on
+            with self._lock:
+                self._workers -= 1
+            raise
 
-    def _take_notes(self) -> list[notifications.Note]:
-        """The notifications collected under the lock, to fire once it is released."""
-        return self._ledger.take_notes()
+    def _run_worker(self) -> None:
+        lock = self._lock
+        with lock:
+            try:
+                while not self._stopping:
+                    job = self._next_job(time.monotonic())
+                    if job is None and (self._logs or self._ledger.notes):
+                        job = functools.partial(self._emit, self._take_output())
+                    if job is None:
+                        self._idle += 1
+                        try:
+                            self._work.wait(self._wait_time())
+                        finally:
+                            self._idle -= 1
+                        continue
+                    lock.release()
+                    try:
+                        job()
+                    except Exception as error:  # a bug must not stop delivery for good
+                        self.logger.error(f"ODP worker error: {type(error).__name__}: {error}")
+                    finally:
+                        lock.acquire()
+            finally:
+                self._workers -= 1
 
-    def _fire(self, notes: list[notifications.Note]) -> None:
-        notifications.fire(self.notification_center, notes)
+    def _next_job(self, now: float) -> Job | None:
+        """What a worker does next (lock held): send a ready batch, cut one, read the spool."""
+        s, ledger = self.settings, self._ledger
+        if self._pending_acks and self._link is not None:
+            acks, self._pending_acks = self._pending_acks, []
+            return functools.partial(self._link.ack, acks)
+        fleet = self._fleet
+        if fleet:
+            job = self._store_job(now)
+            if job is not None:
+                return job
+        if now >= self._next_expiry:
+            self._expire(now)
+        if len(ledger.in_flight) < s.max_in_flight:
+            for dest in ledger.destinations.values():
+                batch = ledger.take_ready(dest, now)
+                if batch is not None:
+                    self._more_hands()
+                    return functools.partial(self._send_batch, batch)
+        flushing = self._flushing > 0 or self._closed
+        cut = self._cut_size()
+        for dest in ledger.destinations.values():
+            waiting = dest.waiting
+            if waiting and (flushing or len(waiting) >= cut or waiting[0][1] + s.flush_interval <= now):
+                items = dest.take_waiting(cut)
+                token = next(self._tokens)
+                ledger.sealing[token] = items[0][0]
+                dest.sealing += 1
+                self._sealing_events += len(items)
+                self._more_hands()
+                return functools.partial(self._seal_batch, dest, token, items)
+        if fleet:
+            return self._claim_job(now)
+        if self._spool_backlog and not self._claiming and self._room():
+            self._claiming = True
+            return functools.partial(self._claim_backlog, min(CLAIM_CHUNK, self._room()))
+        return None
 
-    # -- fork and exit -------------------------------------------------------------------------
+    def _more_hands(self) -> None:
+        """A worker took a job: when requests are slow (while one waits for ODP another could
+        encode and send), work is left and nobody is free, start another worker (lock held)."""
+        if self._idle or self._request_time < SPAWN_LATENCY or self._workers >= self.settings.max_in_flight:
+            return
+        if any(d.ready or d.waiting for d in self._ledger.destinations.values()) and self._reserve_worker():
+            self._lock.release()
+            try:
+                self._start_worker()
+            finally:
+                self._lock.acquire()
+
+    def _wait_time(self) -> float | None:
+        """Seconds until a worker has something to do unasked (None: until woken). Lock held."""
+        s, now = self.settings, time.monotonic()
+        times = []
+        if self._held:
+            times.append(self._next_expiry)
+        slots_free = len(self._ledger.in_flight) < s.max_in_flight
+        for dest in self._ledger.destinations.values():
+            if dest.waiting:
+                times.append(dest.waiting[0][1] + s.flush_interval)
+            if dest.ready and slots_free and (dest.failures == 0 or dest.in_flight == 0):
+                times.append(dest.not_before)
+        if self._fleet:
+            times += self._fleet_due()
+        return max(0.0, min(times) - now) if times else None
+
+    # -- bookkeeping (lock held) -----------------------------------------------------------------
+    def _resolved_before(self, target: int) -> bool:
+        """Every event accepted before ``target``, and every one a previous run left in the spool,
+        is resolved."""
+        if self._spool_backlog or self._claiming or self._storing or self._unbound:
+            return False
+        oldest = self._ledger.oldest_unresolved()
+        return oldest is None or oldest >= target
+
+    # -- fork and exit ---------------------------------------------------------------------------
     def after_fork_in_child(self) -> None:
-        """The parent keeps delivering what it queued; the child starts afresh, in memory:
-        a spool file belongs to the process that opened it."""
-        if self._spool is not None:
-            self._spool = None
-            self._spool_lost_in_fork = True
+        """The parent keeps delivering what it queued; the child starts afresh, in memory: a
+        spool that allows one process belongs to the process that opened it."""
+        if self._link is not None and not self._link.shared:
+            self._link = None
+            self._spool_problem = SpoolProblem.lost_in_fork()
         self._init_runtime_state()
 
     def at_exit(self) -> None:
         if not self._closed:
             self.close(self.settings.exit_timeout)
+
+
+def _closed_result() -> SendResult:
+    return SendResult.discarded(DiscardReason.CLOSED, "ODP event manager is closed; event discarded.")
+
+
+def _queue_full_result(s: ManagerSettings) -> SendResult:
+    return SendResult.discarded(
+        DiscardReason.QUEUE_FULL,
+        f"ODP event queue is full ({s.max_queue_events} events / {s.max_queue_bytes} bytes); event discarded.")

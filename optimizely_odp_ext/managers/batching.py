@@ -1,148 +1,205 @@
-"""Where accepted events wait, per destination, and how they are cut into batches.
+"""Where accepted events wait, per destination, and how they become batches.
 
-Pure data structures, no threads and no I/O: the event managers drive them, through
-their :class:`~optimizely_odp_ext.managers.ledger.DeliveryLedger`, under their lock.
-Events are kept as encoded JSON so memory is counted in bytes and a retried event is
-sent byte for byte (same idempotence id) every time.
+Pure data structures, no threads and no I/O: the event managers drive them, through their
+:class:`~optimizely_odp_ext.managers.ledger.DeliveryLedger`, under their lock. Encoding a batch
+(:func:`seal`) is the one slow step, and it runs without the lock.
+
+An event waits at its destination as the caller's object (or as bytes, when a spool stored it)
+until its batch is cut; from then on the batch is one encoded body, so memory is close to the
+bytes sent, and a retried batch is sent byte for byte (same idempotence ids) every time.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import deque
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from collections.abc import Sequence
+from typing import Any, NamedTuple, Union
 
+from optimizely_odp_ext import encoding
+from optimizely_odp_ext.event import OdpEvent, wire_dict
 from optimizely_odp_ext.integration import OdpIntegration
 from optimizely_odp_ext.spool.base import SpoolId
 
+BATCH_OVERHEAD = 256
+"""Bytes a batch takes beyond its body (the objects that hold it), for ``max_queue_bytes``."""
+SPOOL_ID_OVERHEAD = 40
+"""Bytes one spool id takes in memory (a list slot and an int)."""
+OBJECT_OVERHEAD = 400
+"""Bytes an event not yet encoded takes beyond its JSON (its dicts and strings), for
+``max_queue_bytes``; measured with tracemalloc for a typical event of a few fields."""
 
-class Item(NamedTuple):
-    """One encoded event waiting to be delivered."""
+
+Queued = tuple[int, float, str, str, tuple[tuple[str, Any], ...], tuple[tuple[str, Any], ...]]
+"""An accepted event as it waits for its batch: ``(seq, accepted_at, type, action,
+identifiers.items(), data.items())``. A tuple of strings and numbers only, so the garbage
+collector stops tracking it (a burst of queued events does not slow every collection)."""
+
+
+def queued(seq: int, event: OdpEvent) -> Queued:
+    """The compact form of ``event``, with its acceptance order."""
+    data = event.data
+    return (seq, event.accepted_at, event.type, event.action, tuple(event.identifiers.items()),
+            tuple(data.items()) if data else ())
+
+
+class Encoded(NamedTuple):
+    """An event that was encoded already (a spool keeps it as bytes)."""
 
     seq: int
-    """Order of acceptance (assigned by the sender), for flush()."""
-    body: bytes
+    """Its acceptance order (-1: read back from a spool, older than any of this run)."""
     accepted_at: float
-    """``time.monotonic()`` when accepted."""
-    spool_id: SpoolId = 0
-    """Its row in the durable spool, 0 when the manager keeps events in memory only."""
+    """``time.monotonic()`` when accepted (in this process's clock)."""
+    body: bytes
+    spool_id: SpoolId
+    """Its id in the spool; 0 when it is not in one."""
 
+
+Waiting = Union[Queued, Encoded]
+"""An event waiting for its batch. ``item[0]`` is its acceptance order, ``item[1]`` when."""
 
 _batch_ids = itertools.count(1)
 
 
-@dataclass
 class Batch:
-    """Events that travel in one request, to one destination."""
+    """Events that travel in one request, to one destination, as one encoded body."""
 
-    destination: OdpIntegration
-    items: list[Item]
-    attempts: int = 0
-    id: int = field(default_factory=lambda: next(_batch_ids))
+    __slots__ = ("attempts", "body", "count", "destination", "id", "min_seq", "oldest", "spool_ids")
+
+    def __init__(self, destination: OdpIntegration, body: bytes, count: int, min_seq: int, oldest: float,
+                 spool_ids: list[SpoolId] | None = None, attempts: int = 0) -> None:
+        self.destination = destination
+        self.body = body
+        self.count = count
+        self.min_seq = min_seq
+        """The acceptance order of its first event, for flush()."""
+        self.oldest = oldest
+        """``time.monotonic()`` when its oldest event was accepted."""
+        self.spool_ids = spool_ids
+        """Each event's id in the spool (0: not in it), or None when none is."""
+        self.attempts = attempts
+        self.id = next(_batch_ids)
 
     @property
-    def min_seq(self) -> int:
-        return min(item.seq for item in self.items)
-
-    @property
-    def size_bytes(self) -> int:
-        return sum(len(item.body) for item in self.items)
-
-    def body(self) -> bytes:
-        return b"[" + b",".join(item.body for item in self.items) + b"]"
+    def memory(self) -> int:
+        """What it counts against ``max_queue_bytes``."""
+        return len(self.body) + BATCH_OVERHEAD + SPOOL_ID_OVERHEAD * len(self.spool_ids or ())
 
     def split(self) -> tuple[Batch, Batch]:
-        half = len(self.items) // 2
-        return (Batch(self.destination, self.items[:half], self.attempts),
-                Batch(self.destination, self.items[half:], self.attempts))
+        """Two halves, each event with the bytes it had (decoded and encoded again).
+
+        Both halves keep this batch's ``min_seq``: flush() may then wait for a few events
+        accepted after it, never miss one accepted before.
+        """
+        parts = encoding.split(self.body)
+        half = len(parts) // 2
+        ids = self.spool_ids
+        return (Batch(self.destination, encoding.join(parts[:half]), half, self.min_seq, self.oldest,
+                      None if ids is None else ids[:half], self.attempts),
+                Batch(self.destination, encoding.join(parts[half:]), len(parts) - half, self.min_seq, self.oldest,
+                      None if ids is None else ids[half:], self.attempts))
+
+    def __repr__(self) -> str:
+        return f"Batch(id={self.id}, host={self.destination.host!r}, count={self.count})"
 
 
-@dataclass
+def json_size_estimate(event: OdpEvent) -> int:
+    """About how many bytes of JSON ``event`` makes (an upper estimate for ASCII text). Costs about
+    a microsecond for a small event: a manager measures only a sample."""
+    size = 170 + len(event.type) + len(event.action)  # the keys, punctuation and default data
+    for pairs in (event.identifiers, event.data or {}):
+        for key, value in pairs.items():
+            size += len(key) + (len(value) if isinstance(value, str) else 24) + 8
+    return size
+
+
+def to_wire(item: Queued) -> dict[str, Any]:
+    """The dict ``json.dumps`` turns into the event's bytes (a new idempotence id)."""
+    return wire_dict(item[2], item[3], item[4], item[5])
+
+
+def seal(destination: OdpIntegration, items: Sequence[Waiting], size_hint: int) -> Batch:
+    """Encode waiting events (in acceptance order) into one batch. Slow (it encodes), so it
+    runs without the lock.
+
+    Raises:
+        ValueError, TypeError, OverflowError: an event cannot be encoded (validation should
+            make that impossible).
+    """
+    spool_ids: list[SpoolId] | None = None
+    if all(type(item) is tuple for item in items):
+        body = encoding.encode_list([to_wire(item) for item in items], size_hint)  # type: ignore[arg-type]
+    else:
+        body = encoding.join([item.body if isinstance(item, Encoded) else encoding.encode(to_wire(item))
+                              for item in items])
+        spool_ids = [item.spool_id if isinstance(item, Encoded) else 0 for item in items]
+    return Batch(destination, body, len(items), items[0][0], min(item[1] for item in items), spool_ids)
+
+
 class Destination:
     """The events bound for one integration (host and key), and its retry state."""
 
-    integration: OdpIntegration
-    pending: deque[Item] = field(default_factory=deque)
-    """New events, oldest first."""
-    pending_bytes: int = 0
-    ready_batches: deque[Batch] = field(default_factory=deque)
-    """Batches to send as they are: retries and the halves of a refused batch."""
-    in_flight: int = 0
-    failures: int = 0
-    """Consecutive failed attempts; while > 0 only one request at a time probes the server."""
-    not_before: float = 0.0
-    server_wait_until: float = 0.0
-    """Until when the server asked us to wait (``Retry-After``); a flush does not cut that short."""
-    unauthorized: bool = False
+    __slots__ = ("failures", "in_flight", "integration", "not_before", "ready", "sealing",
+                 "server_wait_until", "unauthorized", "waiting")
+
+    def __init__(self, integration: OdpIntegration) -> None:
+        self.integration = integration
+        self.waiting: list[Waiting] = []
+        """Events not cut into a batch yet, in acceptance order (events read back from a spool
+        first)."""
+        self.ready: deque[Batch] = deque()
+        """Batches to send as they are: new ones, retries, the halves of a refused batch."""
+        self.sealing = 0
+        """Batches being encoded right now (their events are in none of the lists above)."""
+        self.in_flight = 0
+        self.failures = 0
+        """Consecutive failed attempts; while > 0 only one request at a time probes the server."""
+        self.not_before = 0.0
+        self.server_wait_until = 0.0
+        """Until when the server asked us to wait (``Retry-After``); a flush does not cut that short."""
+        self.unauthorized = False
 
     def has_work(self) -> bool:
-        return bool(self.pending or self.ready_batches)
+        return bool(self.waiting or self.ready or self.sealing)
 
-    def add(self, item: Item) -> None:
-        self.pending.append(item)
-        self.pending_bytes += len(item.body)
+    def is_idle(self) -> bool:
+        return not (self.waiting or self.ready or self.sealing or self.in_flight)
+
+    def take_waiting(self, limit: int) -> list[Waiting]:
+        """Remove up to ``limit`` waiting events, oldest first."""
+        if len(self.waiting) <= limit:
+            taken, self.waiting = self.waiting, []
+        else:
+            taken, self.waiting = self.waiting[:limit], self.waiting[limit:]
+        return taken
+
+    def put_back_first(self, items: Sequence[Waiting]) -> None:
+        """Events that go before those waiting (read back from a spool, or re-homed)."""
+        self.waiting[:0] = items
 
     def can_send(self, now: float) -> bool:
         return now >= self.not_before and (self.failures == 0 or self.in_flight == 0)
 
-    def next_batch(self, now: float, flush_interval: float, batch_size: int, max_bytes: int,
-                   flushing: bool) -> Batch | None:
-        """The batch to send now, if one is due: a ready batch first, then new events when a
-        full batch has gathered, the oldest has waited ``flush_interval``, or a flush is on."""
-        if self.ready_batches:
-            return self.ready_batches.popleft()
-        if not self.pending:
-            return None
-        full = len(self.pending) >= batch_size or self.pending_bytes >= max_bytes
-        if not (full or flushing or now - self.pending[0].accepted_at >= flush_interval):
-            return None
-        items: list[Item] = []
-        size = 2
-        while self.pending and len(items) < batch_size:
-            body_len = len(self.pending[0].body) + 1
-            if items and size + body_len > max_bytes:
-                break
-            item = self.pending.popleft()
-            items.append(item)
-            size += body_len
-            self.pending_bytes -= len(item.body)
-        return Batch(self.integration, items)
-
     def due_at(self, flush_interval: float) -> float | None:
-        """When this destination next has a batch due (None: nothing waiting)."""
-        if self.ready_batches:
-            return self.not_before
-        if self.pending:
-            return max(self.not_before, self.pending[0].accepted_at + flush_interval)
-        return None
+        """When this destination next has something to do (None: nothing waiting)."""
+        times = []
+        if self.ready:
+            times.append(self.not_before)
+        if self.waiting:
+            times.append(self.waiting[0][1] + flush_interval)
+        return min(times) if times else None
 
     def min_seq(self) -> int | None:
-        seqs = [b.min_seq for b in self.ready_batches]
-        if self.pending:
-            seqs.append(self.pending[0].seq)
+        seqs = [batch.min_seq for batch in self.ready]
+        if self.waiting:
+            seqs.append(self.waiting[0][0])
         return min(seqs) if seqs else None
 
-    def take_older_than(self, cutoff: float) -> list[Item]:
-        """Remove and return the events accepted before ``cutoff`` (monotonic seconds)."""
-        expired: list[Item] = []
-        while self.pending and self.pending[0].accepted_at < cutoff:
-            item = self.pending.popleft()
-            self.pending_bytes -= len(item.body)
-            expired.append(item)
-        for batch in self.ready_batches:
-            old = [item for item in batch.items if item.accepted_at < cutoff]
-            if old:
-                expired.extend(old)
-                batch.items = [item for item in batch.items if item.accepted_at >= cutoff]
-        self.ready_batches = deque(b for b in self.ready_batches if b.items)
+    def take_expired(self, cutoff: float) -> list[Batch]:
+        """Remove and return the ready batches whose oldest event was accepted before ``cutoff``
+        (``time.monotonic()``). A batch spans at most ``flush_interval``, so an event is given
+        up at most that much before it is ``max_event_age`` old."""
+        expired = [batch for batch in self.ready if batch.oldest < cutoff]
+        if expired:
+            self.ready = deque(batch for batch in self.ready if batch.oldest >= cutoff)
         return expired
-
-    def take_all(self) -> list[Item]:
-        items = list(self.pending)
-        for batch in self.ready_batches:
-            items.extend(batch.items)
-        self.pending.clear()
-        self.pending_bytes = 0
-        self.ready_batches.clear()
-        return items

@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 from collections import Counter
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from optimizely_odp_ext import notifications
 from optimizely_odp_ext.integration import OdpIntegration, mask_key
-from optimizely_odp_ext.managers.batching import Batch, Destination, Item
+from optimizely_odp_ext.managers.batching import Batch, Destination
 from optimizely_odp_ext.result import DiscardReason
 from optimizely_odp_ext.retry import HURRIED_BACKOFF, backoff_delay
 from optimizely_odp_ext.settings import ManagerSettings
@@ -33,6 +33,9 @@ class Fate(Enum):
     """Kept at the front of the destination's ready batches; the destination backs off."""
     MOVE = "move"
     """Refused key (401/403) that was already replaced: untouched, for the manager to re-home."""
+    ABANDONED = "abandoned"
+    """Not done, and ``keep=False``: untouched and not counted, for the manager to drop (shutdown)
+    or leave in its spool."""
 
 
 class Completion(NamedTuple):
@@ -49,6 +52,14 @@ class Completion(NamedTuple):
         return self.fate is Fate.DELIVERED or self.fate is Fate.DROPPED
 
 
+KEEP_DESTINATIONS = 4
+"""Idle destinations are kept while there are no more than this many (a key rotation leaves a few)."""
+
+Log = Callable[[str, str, str], None]
+"""``log(level, message, key)``: a line to write once the manager's lock is released; lines of a
+non-empty ``key`` are rate-limited (:class:`~optimizely_odp_ext.logs.LogRateLimiter`)."""
+
+
 class DeliveryLedger:
     """Destinations, batches in flight, counters and notifications of one manager.
 
@@ -60,10 +71,12 @@ class DeliveryLedger:
         self.destinations: dict[OdpIntegration, Destination] = {}
         self.in_flight: dict[int, Batch] = {}
         self.in_flight_events = 0
+        self.sealing: dict[int, int] = {}
+        """Batches being encoded: a token -> the acceptance order of their first event."""
         self.counts: Counter[str] = Counter()
-        """``requests``, ``batches_sent``, ``delivered`` and ``retried``."""
+        """``requests``, ``batches_sent``, ``delivered`` and ``retries``."""
         self.dropped: Counter[str] = Counter()
-        """Events dropped, by :class:`DiscardReason` value."""
+        """Events accepted and then given up, by :class:`DiscardReason` value."""
         self.notes: list[notifications.Note] = []
 
     def destination(self, integration: OdpIntegration) -> Destination:
@@ -72,31 +85,39 @@ class DeliveryLedger:
             dest = self.destinations[integration] = Destination(integration)
         return dest
 
-    def take_batch(self, dest: Destination, now: float, flush_interval: float, flushing: bool) -> Batch | None:
-        """The next batch of ``dest`` if it may send now and one is due (see
-        :meth:`Destination.next_batch`), counted in flight."""
-        if not dest.can_send(now):
+    def forget_if_idle(self, dest: Destination) -> bool:
+        """Drop a destination with nothing left to do and no failure to remember, when there are
+        several (one that keeps coming back is kept); True if it was dropped."""
+        if (len(self.destinations) > KEEP_DESTINATIONS and dest.is_idle() and dest.failures == 0
+                and self.destinations.get(dest.integration) is dest):
+            del self.destinations[dest.integration]
+            return True
+        return False
+
+    def take_ready(self, dest: Destination, now: float) -> Batch | None:
+        """The next ready batch of ``dest`` if it may send now, counted in flight."""
+        if not dest.ready or not dest.can_send(now):
             return None
-        s = self.settings
-        batch = dest.next_batch(now, flush_interval, s.batch_size, s.max_batch_bytes, flushing)
-        if batch is not None:
-            dest.in_flight += 1
-            self.in_flight[batch.id] = batch
-            self.in_flight_events += len(batch.items)
+        batch = dest.ready.popleft()
+        dest.in_flight += 1
+        self.in_flight[batch.id] = batch
+        self.in_flight_events += batch.count
         return batch
 
-    def complete(self, batch: Batch, outcome: Outcome, logger: Any, *, keep: bool = True,
-                 new_key: OdpIntegration | None = None, hurry: bool = False) -> Completion:
+    def complete(self, batch: Batch, outcome: Outcome, log: Log, *, keep: bool = True,
+                 new_key: OdpIntegration | None = None, hurry: bool = False,
+                 halves: tuple[Batch, Batch] | None = None) -> Completion:
         """Apply the retry rules of :mod:`optimizely_odp_ext.retry` to the outcome of ``batch``.
 
         ``keep=False``: the manager gave up on what is left, so what would be split or retried is
-        dropped (``shutdown``) instead. ``new_key``: the key in force; a 401/403 for another key
-        returns :attr:`Fate.MOVE` without touching the destination's retry state. The manager
-        forgets the events of a :attr:`~Completion.resolved` batch and logs a retry its own way.
-        ``hurry``: a flush or close is waiting, so a retry waits at most :data:`HURRIED_BACKOFF`
-        (unless the server asked for longer with ``Retry-After``).
+        returned as :attr:`Fate.ABANDONED` instead. ``new_key``: the key in force; a 401/403 for
+        another key returns :attr:`Fate.MOVE` without touching the destination's retry state. The
+        manager forgets the events of a :attr:`~Completion.resolved` batch and logs a retry its own
+        way. ``hurry``: a flush or close is waiting, so a retry waits at most
+        :data:`HURRIED_BACKOFF` (unless the server asked for longer with ``Retry-After``).
+        ``halves``: ``batch.split()``, made by the caller without the lock, for a refused batch.
         """
-        count, kind = len(batch.items), outcome.kind
+        count, kind = batch.count, outcome.kind
         self.in_flight.pop(batch.id, None)
         self.in_flight_events -= count
         self.counts["requests"] += 1
@@ -109,15 +130,15 @@ class DeliveryLedger:
             self.note(notifications.ODP_BATCH_DELIVERED, batch.destination.host, count, outcome.status)
             return Completion(Fate.DELIVERED, dest)
         if kind is OutcomeKind.FAILED or (kind is OutcomeKind.REJECTED and count <= 1):
-            logger.error(f"ODP refused {count} event(s) for good ({outcome.detail}); they are dropped.")
-            self.drop(batch.items, DiscardReason.REJECTED)
+            log("error", f"ODP refused {count} event(s) for good ({outcome.detail}); they are dropped.",
+                "requests refused by ODP for good")
+            self.drop(count, DiscardReason.REJECTED)
             return Completion(Fate.DROPPED, dest)
         if not keep:
-            self.drop(batch.items, DiscardReason.SHUTDOWN)
-            return Completion(Fate.DROPPED, dest)
+            return Completion(Fate.ABANDONED, dest)
         if kind is OutcomeKind.REJECTED:
-            logger.debug(f"ODP refused a batch of {count} ({outcome.detail}); splitting it.")
-            dest.ready_batches.extendleft(reversed(batch.split()))
+            log("debug", f"ODP refused a batch of {count} ({outcome.detail}); splitting it.", "")
+            dest.ready.extendleft(reversed(halves or batch.split()))
             return Completion(Fate.SPLIT, dest)
         if kind is OutcomeKind.UNAUTHORIZED and new_key is not None and new_key != batch.destination:
             return Completion(Fate.MOVE, dest)
@@ -131,17 +152,16 @@ class DeliveryLedger:
         now = time.monotonic()
         dest.not_before = now + delay
         dest.server_wait_until = now + delay if outcome.retry_after is not None else 0.0
-        dest.ready_batches.appendleft(batch)
-        self.counts["retried"] += count
+        dest.ready.appendleft(batch)
+        self.counts["retries"] += 1
         self.note(notifications.ODP_BATCH_FAILED, batch.destination.host, count, outcome.status, delay)
         return Completion(Fate.RETRY, dest, delay)
 
-    def drop(self, items: list[Item], reason: DiscardReason) -> None:
-        """Count ``items`` as dropped for ``reason`` and note it (nothing when empty); the
-        manager forgets them."""
-        if items:
-            self.dropped[reason.value] += len(items)
-            self.note(notifications.ODP_EVENTS_DROPPED, reason.value, len(items))
+    def drop(self, count: int, reason: DiscardReason) -> None:
+        """Count ``count`` accepted events as given up for ``reason`` and note it (nothing when 0)."""
+        if count:
+            self.dropped[reason.value] += count
+            self.note(notifications.ODP_EVENTS_DROPPED, reason.value, count)
 
     def note(self, kind: str, *args: Any) -> None:
         self.notes.append((kind, args))
@@ -151,26 +171,27 @@ class DeliveryLedger:
         notes, self.notes = self.notes, []
         return notes
 
-    def take_all(self) -> list[Item]:
-        """Remove and return every event waiting at a destination (not those in flight)."""
-        return [item for dest in self.destinations.values() for item in dest.take_all()]
-
-    def move_refused(self, integration: OdpIntegration, logger: Any) -> None:
+    def move_refused(self, integration: OdpIntegration, log: Log) -> None:
         """Events waiting behind a refused key (401/403) other than ``integration`` move to it."""
         for old, dest in list(self.destinations.items()):
-            if dest.unauthorized and old != integration and dest.has_work():
-                self.move(integration, dest.take_all(), logger)
+            if dest.unauthorized and old != integration and (dest.ready or dest.waiting):
+                batches = list(dest.ready)
+                dest.ready.clear()
+                self.move(integration, dest, batches, log)
 
-    def move(self, integration: OdpIntegration, items: list[Item], logger: Any) -> None:
-        """Re-home events whose key was refused. They go as ready batches, so the new
-        destination's pending queue stays in acceptance order (flush() relies on it)."""
+    def move(self, integration: OdpIntegration, source: Destination, batches: list[Batch], log: Log) -> None:
+        """Re-home batches (and the waiting events of ``source``) whose key was refused: a body
+        does not name the key, so a batch only changes destination. They go first, in order."""
         target = self.destination(integration)
-        items = sorted(items)
-        size = self.settings.batch_size
-        for start in range(0, len(items), size):
-            target.ready_batches.append(Batch(integration, items[start:start + size]))
-        logger.info(f"ODP: {len(items)} events refused with an old key move to key "
-                    f"{mask_key(integration.api_key)}.")
+        for batch in batches:
+            batch.destination = integration
+        moved = sum(batch.count for batch in batches)
+        if source is not target and source.waiting:
+            moved += len(source.waiting)
+            target.waiting = sorted(target.waiting + source.waiting, key=lambda item: item[0])
+            source.waiting = []
+        target.ready.extendleft(reversed(batches))
+        log("info", f"ODP: {moved} events refused with an old key move to key {mask_key(integration.api_key)}.", "")
 
     def hurry(self, now: float) -> None:
         """A flush or close is waiting: every destination may be tried at once, unless the
@@ -179,24 +200,28 @@ class DeliveryLedger:
             dest.not_before = max(min(dest.not_before, now), dest.server_wait_until)
 
     def oldest_unresolved(self) -> int | None:
-        """The lowest ``seq`` still in flight or waiting (None: nothing is), for flush()."""
+        """The lowest acceptance order still waiting, being encoded or in flight (None: nothing is)."""
         seqs = [batch.min_seq for batch in self.in_flight.values()]
+        seqs += self.sealing.values()
         seqs += [s for s in (d.min_seq() for d in self.destinations.values()) if s is not None]
         return min(seqs) if seqs else None
 
-    def stats(self, *, accepted: int, queued: int, **more: int) -> dict[str, Any]:
-        """The counters as ``stats()`` reports them, with the manager's own ``accepted``,
-        ``queued`` and ``more`` (after ``queued``)."""
+    def take_all(self) -> list[Batch]:
+        """Remove and return every ready batch of every destination (not those in flight)."""
+        left = [batch for dest in self.destinations.values() for batch in dest.ready]
+        for dest in self.destinations.values():
+            dest.ready.clear()
+        return left
+
+    def stats(self) -> dict[str, Any]:
+        """The delivery counters as ``stats()`` reports them."""
         dropped = self.dropped
         return {
-            "accepted": accepted,
             "delivered": self.counts["delivered"],
-            "retried": self.counts["retried"],
             "dropped": dict(dropped),
             "dropped_total": sum(dropped.values()),
-            "queued": queued,
-            **more,
             "in_flight": self.in_flight_events,
-            "batches_sent": self.counts["batches_sent"],
             "requests": self.counts["requests"],
+            "batches_sent": self.counts["batches_sent"],
+            "retries": self.counts["retries"],
         }

@@ -99,3 +99,21 @@ class Spool(Protocol):
 
     def close(self) -> None:
         """Release the store. Idempotent."""
+
+
+class SharedSpool(Spool, Protocol):
+    """A spool a fleet shares (``shared`` is True): what a deliverer needs beyond :class:`Spool`."""
+
+    touch_interval: float
+    """Seconds between two :meth:`touch` calls a deliverer keeps to."""
+
+    def touch(self, ids: Sequence[SpoolId]) -> list[SpoolId]:
+        """Keep these claimed, still undelivered events this process's; return those another
+        member took over meanwhile (delivering them too only makes a duplicate ODP recognises)."""
+
+    def release(self, ids: Sequence[SpoolId]) -> None:
+        """Give claimed events back undelivered: any member may claim them at once."""
+
+    def delivered_up_to(self, spool_id: SpoolId) -> bool:
+        """Every event stored up to ``spool_id`` (an id :meth:`append` returned) is resolved by
+        the fleet. For ``flush()``."""

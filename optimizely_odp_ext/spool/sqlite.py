@@ -20,16 +20,18 @@ gets :class:`SpoolLockedError`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import sqlite3
 import threading
+import time
 import urllib.parse
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from optimizely_odp_ext.spool.base import SpooledEvent, SpoolError, SpoolId, SpoolLockedError
+from optimizely_odp_ext.spool.base import SpooledEvent, SpoolError, SpoolId, SpoolLockedError, SpoolRecord
 
 _COLUMNS = ("id", "host", "api_key", "body", "accepted_at")
 _SCHEMA = ("CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY AUTOINCREMENT, host TEXT NOT NULL, "
@@ -37,6 +39,9 @@ _SCHEMA = ("CREATE TABLE IF NOT EXISTS events(id INTEGER PRIMARY KEY AUTOINCREME
 _SELECT = "SELECT id, host, api_key, body, accepted_at FROM events"
 _INSERT = "INSERT INTO events(host, api_key, body, accepted_at) VALUES (?, ?, ?, ?)"
 _BUSY_TIMEOUT_MS = 5000
+SQLITE_HEADER = b"SQLite format 3\x00"
+APPLICATION_ID = 0x4F445053
+"""``PRAGMA application_id`` of a spool ("ODPS"); spools made before it was set have 0."""
 
 _FORKED_CONNECTIONS: list[sqlite3.Connection] = []
 """Connections inherited by a forked child: kept alive forever, never closed there."""
@@ -57,7 +62,8 @@ def _check_schema(conn: sqlite3.Connection, path: str) -> None:
     columns = tuple(row[1] for row in conn.execute("PRAGMA table_info(events)"))
     if columns != _COLUMNS:
         found = ", ".join(columns) if columns else "no events table"
-        raise SpoolError(f"spool {path} is not an ODP event spool ({found}; expected {', '.join(_COLUMNS)})")
+        raise SpoolError(f"spool {path} cannot be used: it is not an ODP event spool ({found}; expected "
+                         f"{', '.join(_COLUMNS)}); it was left untouched")
 
 
 def _stats(conn: sqlite3.Connection, path: str) -> dict[str, Any]:
@@ -67,6 +73,54 @@ def _stats(conn: sqlite3.Connection, path: str) -> dict[str, Any]:
     file_bytes = sum(os.path.getsize(p) for p in (path, path + "-wal") if os.path.exists(p))
     return {"path": path, "events": events, "bytes": size, "oldest_accepted_at": oldest,
             "newest_accepted_at": newest, "file_bytes": file_bytes}
+
+
+def _prepare_directory(path: str) -> None:
+    """Create the spool's directory (mode 0700) if it is missing."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    except OSError as error:
+        raise SpoolError(f"spool {path} cannot be used: cannot create directory {directory}: "
+                         f"{error.strerror or error}") from error
+    if not os.path.isdir(directory):
+        raise SpoolError(f"spool {path} cannot be used: {directory} is not a directory")
+
+
+def _inspect_existing(path: str) -> str:
+    """Why an existing file at ``path`` is damaged ("" when it is fine or missing), reading only.
+
+    Raises:
+        SpoolError: it is something else than a spool (a directory, another SQLite database);
+            it is left untouched.
+    """
+    if not os.path.lexists(path):
+        return ""
+    if not os.path.isfile(path):
+        raise SpoolError(f"spool {path} cannot be used: it is not a regular file")
+    if os.path.getsize(path) == 0:
+        return ""
+    with open(path, "rb") as file:
+        header = file.read(len(SQLITE_HEADER))
+    if header != SQLITE_HEADER:
+        return "not an SQLite database (no SQLite header)"
+    try:
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+            conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            application_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            ours = tables - {"sqlite_sequence"}
+            if application_id not in (0, APPLICATION_ID) or (ours and ours != {"events"}):
+                listed = ", ".join(sorted(ours)) or "none"
+                raise SpoolError(f"spool {path} cannot be used: it is an SQLite database that is not an ODP "
+                                 f"event spool (tables: {listed}; application_id {application_id}); "
+                                 "it was left untouched")
+            if ours:
+                _check_schema(conn, path)
+                conn.execute("SELECT COALESCE(MAX(id), 0), COUNT(*) FROM events").fetchone()
+    except sqlite3.DatabaseError as error:
+        return f"damaged ({error})"
+    return ""
 
 
 class SqliteSpool:
@@ -87,39 +141,88 @@ class SqliteSpool:
         SpoolError: the file is not a spool, is corrupt, or cannot be created or written.
     """
 
+    kind = "sqlite"
+    shared = False
+    """Only the process that holds the spool delivers its events."""
+    write_through = True
+    """Each event is committed before ``send_odp_event`` returns."""
+
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path: str = os.fspath(path)
+        self.description = self.path
+        self.opening_notes: dict[str, Any] = {}
+        """What opening found worth telling (a damaged file renamed aside), for stats and logs."""
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._forked = False
         self._conn: sqlite3.Connection | None = None
-        self._lock_fd: int | None = self._take_process_lock()
+        self._lock_fd: int | None = None
+        self._claimed = 0
+        self._horizon = 0
+        """Rows up to this id were left by a previous run (:meth:`claim` hands them out)."""
+        _prepare_directory(self.path)
+        self._lock_fd, created_lock = self._take_process_lock()
         try:
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-            self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self._conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
-            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode != "wal":
-                raise SpoolError(f"spool {self.path} cannot use WAL journaling (got {mode!r})")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute(_SCHEMA)
-            _check_schema(self._conn, self.path)
-            for extra in (self.path + "-wal", self.path + "-shm"):
-                if os.path.exists(extra):
-                    os.chmod(extra, 0o600)
+            damage = _inspect_existing(self.path)
+            if damage:
+                self._set_aside(damage)
+            self._conn = self._connect()
+            self._horizon = int(self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0])
         except BaseException as error:
             self.close()
+            if created_lock:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path + ".lock")
             if isinstance(error, (OSError, sqlite3.Error)):
                 raise _fail(self.path, error) from error
             raise
         _OPEN_SPOOLS.add(self)
 
-    def _take_process_lock(self) -> int:
-        lock_path = self.path + ".lock"
+    def _connect(self) -> sqlite3.Connection:
+        fresh = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise SpoolError(f"spool {self.path} cannot use WAL journaling (got {mode!r})")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(_SCHEMA)
+            if fresh:
+                conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            _check_schema(conn, self.path)
+            for extra in (self.path + "-wal", self.path + "-shm"):
+                if os.path.exists(extra):
+                    os.chmod(extra, 0o600)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _set_aside(self, damage: str) -> None:
+        """Rename a damaged file (and its journal files) aside, byte for byte, for a fresh spool."""
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = f"{self.path}.damaged-{stamp}"
+        number = 1
+        while os.path.lexists(target):
+            number += 1
+            target = f"{self.path}.damaged-{stamp}-{number}"
+        os.rename(self.path, target)
+        for suffix in ("-wal", "-shm", "-journal"):
+            if os.path.lexists(self.path + suffix):
+                os.rename(self.path + suffix, target + suffix)
+        self.opening_notes = {"damaged_file": target, "damage": damage}
+
+    def _take_process_lock(self) -> tuple[int, bool]:
+        """The lock file, flocked; and whether this call created it. Never follows a symlink."""
+        lock_path = self.path + ".lock"
+        created = not os.path.lexists(lock_path)
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as error:
-            raise SpoolError(f"spool {self.path} cannot be used: cannot open {lock_path}: {error.strerror}") from error
+            why = "it is a symbolic link" if error.errno == errno.ELOOP else error.strerror
+            raise SpoolError(f"spool {self.path} cannot be used: cannot open {lock_path}: {why}") from error
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -127,9 +230,10 @@ class SqliteSpool:
             os.close(fd)
             own = " (this process)" if holder == str(os.getpid()) else ""
             raise SpoolLockedError(f"spool {self.path} is in use by another process (pid {holder}){own}") from None
+        os.fchmod(fd, 0o600)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return fd
+        return fd, created
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
@@ -149,26 +253,34 @@ class SqliteSpool:
                     raise _fail(self.path, error) from error
                 raise
 
-    def append(self, host: str, api_key: str, body: bytes, accepted_at: float) -> int:
-        """Store one event, committed before returning. Thread-safe; blocks briefly on disk I/O.
+    def append(self, records: Sequence[SpoolRecord]) -> list[SpoolId]:
+        """Store events in one transaction, committed before returning. Thread-safe; blocks
+        briefly on disk I/O.
 
         Returns:
-            The event's rowid (increasing; never reused, even after :meth:`purge`).
+            Their rowids, in order (increasing; never reused, even after :meth:`purge`).
         """
         with self._connection() as conn:
-            return _rowid(conn.execute(_INSERT, (host, api_key, body, accepted_at)))
-
-    def append_many(self, rows: Sequence[tuple[str, str, bytes, float]]) -> list[int]:
-        """Store ``(host, api_key, body, accepted_at)`` rows in one transaction. Thread-safe; blocks.
-
-        Returns:
-            Their rowids, in order.
-        """
-        with self._connection() as conn:
+            if len(records) == 1:
+                return [_rowid(conn.execute(_INSERT, records[0]))]
             conn.execute("BEGIN")
-            ids = [_rowid(conn.execute(_INSERT, row)) for row in rows]
+            ids: list[SpoolId] = [_rowid(conn.execute(_INSERT, row)) for row in records]
             conn.execute("COMMIT")
         return ids
+
+    def claim(self, limit: int) -> list[SpooledEvent]:
+        """Up to ``limit`` of the events a previous run left, oldest first, each handed out once.
+        Thread-safe; blocks for the read."""
+        with self._connection() as conn:
+            rows = conn.execute(f"{_SELECT} WHERE id > ? AND id <= ? ORDER BY id LIMIT ?",
+                                (self._claimed, self._horizon, limit)).fetchall()
+        if rows:
+            self._claimed = rows[-1][0]
+        return [SpooledEvent(*row) for row in rows]
+
+    def ack(self, ids: Sequence[SpoolId]) -> None:
+        """Remove delivered (or given up) events. Thread-safe; blocks briefly."""
+        self.delete(ids)
 
     def delete(self, rowids: Iterable[SpoolId]) -> None:
         """Remove acknowledged events in one transaction; missing ids are ignored. Thread-safe; blocks."""
@@ -213,7 +325,7 @@ class SqliteSpool:
             ``newest_accepted_at`` (None when empty), ``file_bytes`` (database plus WAL).
         """
         with self._connection() as conn:
-            return _stats(conn, self.path)
+            return {"kind": self.kind, "state": "ok", "description": self.description, **_stats(conn, self.path)}
 
     def purge(self) -> int:
         """Delete every stored event. Thread-safe; blocks.

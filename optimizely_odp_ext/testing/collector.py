@@ -40,6 +40,8 @@ __all__ = ["EVENTS_PATH", "MAX_EVENTS_PER_REQUEST", "OdpCollector", "RecordedReq
 EVENTS_PATH = "/v3/events"
 MAX_EVENTS_PER_REQUEST = 500  # ODP's documented limit of objects per request
 
+STOP_GRACE = 2.0
+"""Seconds :meth:`OdpCollector.stop` waits for the answers of requests whose events it accepted."""
 _SCALAR_TYPES = frozenset({str, int, float, bool, type(None)})
 _log = logging.getLogger(__name__)
 
@@ -124,6 +126,8 @@ class OdpCollector:
         self._idempotence_ids: Counter[str] = Counter()
         self._connections_opened = 0
         self._open_sockets: set[socket.socket] = set()
+        self._answering = 0
+        """Requests whose events were accepted and whose 202 is not written yet."""
         self._canned: _CannedResponse | None = None
         self._drop: _Drop | None = None
         self._delay = 0.0
@@ -168,8 +172,10 @@ class OdpCollector:
     def stop(self) -> None:
         """Stop serving, close the listening socket and every open connection.
 
-        Blocks until the accept loop has ended (well under a second). Thread-safe and idempotent.
-        Requests in flight get no answer; a request waiting out :meth:`set_delay` wakes at once.
+        A request whose events were accepted gets its 202 first (waiting at most
+        :data:`STOP_GRACE` seconds); other requests in flight get no answer and nothing of
+        theirs is accepted; a request waiting out :meth:`set_delay` wakes at once. Blocks until
+        the accept loop has ended (well under a second). Thread-safe and idempotent.
         """
         with self._cond:
             server, thread = self._server, self._thread
@@ -180,6 +186,7 @@ class OdpCollector:
         server.shutdown()
         server.server_close()
         with self._cond:
+            self._cond.wait_for(lambda: self._answering == 0, timeout=STOP_GRACE)
             sockets = list(self._open_sockets)
         for sock in sockets:
             with suppress(OSError):
@@ -422,6 +429,10 @@ class OdpCollector:
             delay = self._delay
         if delay > 0:
             self._stopped.wait(delay)
+        if self._stopped.is_set():  # stopping: nothing more is accepted, the client gets no answer
+            self._record_request(handler, path, body, 0, _dicts(parsed), received_at)
+            handler.close_connection = True
+            return
 
         canned = self._take_canned()
         if canned is not None:
@@ -438,9 +449,16 @@ class OdpCollector:
             _answer(handler, status, _problem(status, detail), headers)
             return
 
-        self._accept(handler, path, body, parsed, received_at)
-        timestamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        _answer(handler, 202, _json({"title": "Accepted", "status": 202, "timestamp": timestamp}))
+        with self._cond:
+            self._answering += 1
+        try:
+            self._accept(handler, path, body, parsed, received_at)
+            timestamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            _answer(handler, 202, _json({"title": "Accepted", "status": 202, "timestamp": timestamp}))
+        finally:
+            with self._cond:
+                self._answering -= 1
+                self._cond.notify_all()
 
     def _check(
         self,
@@ -656,9 +674,9 @@ def _check_events(events: list[Any]) -> str:
             return f"events[{index}].action must be a non-empty string"
         if type(identifiers) is not dict or not identifiers:
             return f"events[{index}].identifiers must be a non-empty object"
-        for name, value in identifiers.items():
-            if type(value) is not str:
-                return f"events[{index}].identifiers.{name} must be a string"
+        for name, value in identifiers.items():  # the official client sends numbers, booleans, null too
+            if type(value) not in scalars:
+                return f"events[{index}].identifiers.{name} must be a string, number, boolean or null"
         if "data" in event:
             data = event["data"]
             if type(data) is not dict:

@@ -62,7 +62,7 @@ def test_capacity_in_events_refuses_the_newest_at_the_edge(make_client: ClientFa
     refused = client.send_odp_event("refused", {"fs_user_id": "6"})
     assert not refused and refused.reason is DiscardReason.QUEUE_FULL
     assert log_lines(caplog) == [refused.message]
-    assert client.odp_stats()["dropped"] == {"queueFull": 1}
+    assert client.odp_stats()["refused"] == {"queueFull": 1}
     assert client.flush(10)
     assert [e["action"] for e in collector.events] == ["kept"] * 5
     assert client.send_odp_event("room-again", {"fs_user_id": "7"}), "delivered events free their room"
@@ -77,7 +77,8 @@ def test_capacity_in_bytes(make_client: ClientFactory, collector: OdpCollector) 
     assert {r.reason for r in results if not r} == {DiscardReason.QUEUE_FULL}
     assert client.flush(10)
     assert collector.event_count() == accepted
-    assert manager.stats()["dropped"]["queueFull"] == 30 - accepted
+    assert client.odp_stats()["refused"] == {"queueFull": 30 - accepted}
+    assert manager.stats()["dropped"] == {}, "a refusal is not an accepted event given up"
 
 
 def test_sixteen_producers_with_concurrent_requests_deliver_every_event_exactly_once(

@@ -89,7 +89,7 @@ def test_per_call_send_is_bounded_by_request_timeout_and_keeps_the_event(
     started = time.monotonic()
     assert client.send_odp_event("slow", {"fs_user_id": "u"}), "accepted, whatever the POST's fate"
     assert time.monotonic() - started < 2
-    assert client.odp_stats()["queued"] == 1 and client.odp_stats()["retried"] == 1
+    assert client.odp_stats()["queued"] == 1 and client.odp_stats()["retries"] == 1
     collector.set_delay(0)
     assert client.flush(10)
     assert len(set(ids(collector.events))) == 1, "a retry resends the same bytes, same idempotence id"
@@ -119,7 +119,7 @@ def test_per_call_backoff_spares_the_caller_and_events_count_against_capacity(
     assert collector.request_count() == 1, "while backing off, send only buffers"
     refused = client.send_odp_event("c", {"fs_user_id": "u"})
     assert not refused and refused.reason is DiscardReason.QUEUE_FULL
-    assert manager.stats()["dropped"] == {"queueFull": 1}
+    assert client.odp_stats()["refused"] == {"queueFull": 1} and manager.stats()["dropped"] == {}
     client.close(timeout=0.1)  # ODP stays down: don't spend the fixture's close timeout retrying
 
 
@@ -194,7 +194,7 @@ def test_outage_flush_returns_false_keeps_events_next_flush_delivers_the_same_by
     assert collector.request_count() >= 2, "retried within the flush timeout"
     stats = client.odp_stats()
     assert (stats["queued"], stats["delivered"], stats["dropped_total"]) == (5, 0, 0)
-    assert stats["retried"] == 5 * len(failed) and failed[0][:3] == (collector.url, 5, 503)
+    assert stats["retries"] == len(failed) and failed[0][:3] == (collector.url, 5, 503)
     first_attempt = ids(collector.requests[0].events)
     collector.reset_faults()
     assert client.flush(10)
@@ -237,7 +237,7 @@ def test_queue_full_refuses_the_newest_and_flush_makes_room(make_client: ClientF
     assert log_lines(caplog) == [refused.message]
     assert client.flush(10)
     assert client.send_odp_event("room-again", {"fs_user_id": "y"})
-    assert client.odp_stats()["dropped"] == {"queueFull": 1}
+    assert client.odp_stats()["refused"] == {"queueFull": 1}
 
 
 def test_close_delivers_is_idempotent_and_send_after_close_is_closed(make_client: ClientFactory,
@@ -345,7 +345,7 @@ def test_settings_resolve_like_the_batch_manager(monkeypatch: pytest.MonkeyPatch
     assert manager.settings.batch_size == 7 and manager.settings.sources["batch_size"] == "environment"
     assert manager.settings.request_timeout == 1.5 and manager.settings.sources["request_timeout"] == "argument"
     assert manager.settings.max_queue_events == 250_000 and manager.mode == "batch"
-    assert set(manager.stats()) == set(BatchEventManager().stats()) - {"queued_bytes"}
+    assert set(manager.stats()) == set(BatchEventManager().stats()) - {"recovered"}
     manager.close()
 
 

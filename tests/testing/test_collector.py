@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from optimizely_odp_ext.testing import OdpCollector, RecordedRequest
+from optimizely_odp_ext.testing import collector as collector_module
 
 KEY = "test-odp-key"
 HEADERS = {"x-api-key": KEY, "content-type": "application/json"}
@@ -204,7 +205,7 @@ BAD_EVENTS: list[Any] = [
     {**make_event(), "action": None},
     _without("identifiers"),
     {**make_event(), "identifiers": {}},
-    {**make_event(), "identifiers": {"fs_user_id": 1}},
+    {**make_event(), "identifiers": {"fs_user_id": {"nested": "x"}}},
     {**make_event(), "identifiers": ["fs_user_id"]},
     {**make_event(), "data": ["x"]},
     {**make_event(), "data": None},
@@ -220,6 +221,12 @@ def test_shape_violation_is_400_and_nothing_is_recorded(collector: OdpCollector,
     assert response.json()["detail"].startswith("events[1]")
     assert collector.event_count() == 0 and collector.events == []
     assert collector.requests[0].status == 400
+
+
+def test_scalar_identifier_values_are_accepted_as_the_official_client_sends_them(collector: OdpCollector) -> None:
+    event = {**make_event(), "identifiers": {"fs_user_id": 123, "email": "a@example.com", "vip": True, "x": None}}
+    assert post(collector, [event]).status_code == 202
+    assert collector.events[0]["identifiers"] == event["identifiers"]
 
 
 def test_empty_list_is_400(collector: OdpCollector) -> None:
@@ -396,3 +403,54 @@ def test_restart_serves_on_the_same_port() -> None:
         assert post(collector, [make_event()]).status_code == 202
     with OdpCollector() as running, pytest.raises(RuntimeError):
         running.start()
+
+
+def test_stop_gives_an_accepted_request_its_answer_and_accepts_nothing_after(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server told to stop while it writes the 202 of accepted events (the CLI's --max-events)
+    still answers: the client never sees a dropped connection for events that were recorded."""
+    monkeypatch.setattr(collector_module, "STOP_GRACE", 60.0)
+    collector = OdpCollector(api_key=None).start()
+    stopper = threading.Thread(target=collector.stop)
+    waited: list[bool] = []
+
+    def stop_while_accepting(event: dict[str, Any]) -> None:
+        stopper.start()
+        assert collector._stopped.wait(5), "stop() began before the answer is written"
+        stopper.join(0.3)
+        waited.append(stopper.is_alive())  # stop() waits for this answer instead of cutting it off
+
+    collector.on_event = stop_while_accepting
+    response = requests.post(collector.url + "/v3/events", json=[make_event()], headers={"x-api-key": "k"}, timeout=10)
+    stopper.join(10)
+    assert response.status_code == 202 and collector.event_count() == 1
+    assert waited == [True] and not stopper.is_alive()
+
+
+def test_a_delayed_request_is_not_accepted_once_stop_began() -> None:
+    collector = OdpCollector(api_key=None).start()
+    collector.set_delay(30)
+    outcome: list[object] = []
+
+    def post() -> None:
+        try:
+            outcome.append(requests.post(collector.url + "/v3/events", json=[make_event()], headers={"x-api-key": "k"},
+                                         timeout=10).status_code)
+        except requests.ConnectionError as error:
+            outcome.append(type(error).__name__)
+
+    client = threading.Thread(target=post)
+    client.start()
+    assert collector.wait_for_requests(0) and _wait_until(lambda: len(collector._open_sockets) == 1)
+    collector.stop()
+    client.join(10)
+    assert outcome == ["ConnectionError"] and collector.event_count() == 0
+
+
+def _wait_until(condition: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True

@@ -1,0 +1,98 @@
+"""Events as ODP receives them: the official client's JSON, byte for byte.
+
+The official client sends ``json.dumps(events, cls=OdpEventEncoder)``: the standard library's
+default output (separators ``", "`` and ``": "``, every non-ASCII character escaped as
+``\\uXXXX``, keys in insertion order). A body this package sends is exactly the body the
+official client would send for the same events in one request, and each event's bytes are
+exactly ``json.dumps`` of the event.
+
+The fast path: with ``pip install optimizely-odp-ext[fast]`` (ujson) installed, ujson encodes
+with the same options. Where ujson is known to write something differently from the standard
+library (a float with a one-digit exponent: ``1e-7`` for ``1e-07``; the DEL character left
+unescaped), that chunk is encoded again with the standard library, so the wire bytes are the
+same either way (a test compares both on many events). Set ``OPTIMIZELY_ODP_ENCODER=json`` to
+use the standard library even when ujson is installed.
+
+Large batches are encoded in chunks of about :data:`CHUNK_BYTES`, and the thread yields the GIL
+between chunks, so an application thread never waits long behind an encoding.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Sequence
+from typing import Any, Callable
+
+CHUNK_BYTES = 64 * 1024
+"""About this many bytes of JSON are encoded per call; the GIL is offered to other threads
+between calls."""
+
+_ENCODER_VARIABLE = "OPTIMIZELY_ODP_ENCODER"
+_UJSON_DIFFERS = re.compile(r"e[-+]\d[,}\]]|\x7f")
+"""Where ujson's output may differ from the standard library's (see the module docstring)."""
+
+Dumps = Callable[[Any], str]
+
+
+def _stdlib_dumps(value: Any) -> str:
+    return json.dumps(value)
+
+
+def _load_ujson() -> Dumps | None:
+    if os.environ.get(_ENCODER_VARIABLE, "").strip().lower() in ("json", "stdlib"):
+        return None
+    try:
+        import ujson
+    except ImportError:
+        return None
+    ujson_dumps = ujson.dumps
+
+    def dumps(value: Any) -> str:
+        text: str = ujson_dumps(value, ensure_ascii=True, escape_forward_slashes=False, separators=(", ", ": "))
+        if _UJSON_DIFFERS.search(text):
+            return json.dumps(value)
+        return text
+
+    return dumps
+
+
+_fast = _load_ujson()
+_dumps: Dumps = _fast or _stdlib_dumps
+ENCODER: str = "ujson" if _fast else "json"
+"""The encoder in use: ``"ujson"`` (the ``[fast]`` extra) or ``"json"`` (the standard library)."""
+
+
+def encode(value: Any) -> bytes:
+    """``json.dumps(value)`` as bytes (ASCII), with the encoder in use."""
+    return _dumps(value).encode()
+
+
+def encode_list(values: Sequence[Any], size_hint: int) -> bytes:
+    """``json.dumps(list(values))`` as bytes, in chunks of about :data:`CHUNK_BYTES`
+    (``size_hint``: the expected bytes per value), yielding the GIL between chunks."""
+    per_chunk = max(1, CHUNK_BYTES // max(1, size_hint))
+    if len(values) <= per_chunk:
+        return _dumps(values if isinstance(values, list) else list(values)).encode()
+    parts = []
+    for start in range(0, len(values), per_chunk):
+        if start:
+            time.sleep(0)  # let an application thread that waits for the GIL have it
+        parts.append(_dumps(list(values[start:start + per_chunk]))[1:-1])
+    return ("[" + ", ".join(parts) + "]").encode()
+
+
+def join(bodies: Sequence[bytes]) -> bytes:
+    """The body of a list of already encoded values: what :func:`encode_list` gives for them."""
+    return b"[" + b", ".join(bodies) + b"]"
+
+
+def split(body: bytes) -> list[bytes]:
+    """Each value of an encoded list, encoded on its own (what it was before :func:`join`).
+
+    Decoding and encoding again gives the same bytes: the encoders write floats with
+    ``repr`` and escape strings the same way every time.
+    """
+    return [encode(value) for value in json.loads(body)]

@@ -1,0 +1,194 @@
+"""The managers' promises at their edges: bounded waits, exact bounds, nothing lost untraced."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import API_KEY, ClientFactory
+
+from optimizely_odp_ext import BatchEventManager, SyncEventManager, encoding
+from optimizely_odp_ext.event import build_event
+from optimizely_odp_ext.integration import OdpIntegration
+from optimizely_odp_ext.managers import batch as batch_module
+from optimizely_odp_ext.managers.lifecycle import NullLogger
+from optimizely_odp_ext.result import DiscardReason
+from optimizely_odp_ext.spool import SqliteSpool
+from optimizely_odp_ext.testing import OdpCollector
+
+FAST_RETRY = {"retry_initial_backoff": 0.02, "retry_max_backoff": 0.1}
+
+
+def started(manager: Any, integration: OdpIntegration | None = None) -> Any:
+    manager.start(logger=NullLogger(), notification_center=None, integration=integration)
+    if integration is not None:
+        manager.integration_changed(integration)
+    return manager
+
+
+def event(i: int, integration: OdpIntegration | None) -> Any:
+    built = build_event("edge", {"fs_user_id": str(i)})
+    built.integration = integration
+    return built
+
+
+# -- bounded waits ------------------------------------------------------------------------------
+def test_sync_flush_and_close_are_bounded_by_their_timeout_not_the_request_timeout(
+        make_client: ClientFactory, collector: OdpCollector) -> None:
+    collector.set_delay(60)  # accepts the connection, never answers in time
+    client = make_client(odp_event_manager=SyncEventManager(request_timeout=10, close_timeout=1.5))
+    assert client.send_odp_event("slow", {"fs_user_id": "u"})
+    began = time.monotonic()
+    assert client.flush(0.5) is False
+    assert time.monotonic() - began < 2.5, "the request was cut to the time the flush had left"
+    began = time.monotonic()
+    client.close()
+    assert time.monotonic() - began < 4.0, "close() kept to close_timeout, not request_timeout"
+
+
+def test_a_queue_full_refusal_does_not_wait_while_a_worker_encodes(
+        monkeypatch: pytest.MonkeyPatch, collector: OdpCollector) -> None:
+    entered, release = threading.Event(), threading.Event()
+    real_encode_list = encoding.encode_list
+
+    def slow_encode_list(values: Any, size_hint: int) -> bytes:
+        entered.set()
+        release.wait(30)
+        return real_encode_list(values, size_hint)
+
+    monkeypatch.setattr(encoding, "encode_list", slow_encode_list)
+    integration = OdpIntegration(collector.url, API_KEY)
+    manager = started(BatchEventManager(max_queue_events=10, batch_size=10, flush_interval=3600), integration)
+    try:
+        assert all(manager.send(event(i, integration)) for i in range(10))
+        assert entered.wait(10), "a worker is encoding the full batch"
+        answers: list[Any] = []
+        caller = threading.Thread(target=lambda: answers.append(manager.send(event(99, integration))))
+        caller.start()
+        caller.join(2.0)
+        assert answers and answers[0].reason is DiscardReason.QUEUE_FULL, "refused without waiting"
+    finally:
+        release.set()
+    assert manager.flush(10)
+    manager.close()
+    assert collector.event_count() == 10
+
+
+def test_flush_without_a_timeout_gives_up_after_the_default_bound(
+        monkeypatch: pytest.MonkeyPatch, collector: OdpCollector) -> None:
+    monkeypatch.setattr(batch_module, "DEFAULT_FLUSH_TIMEOUT", 0.5)
+    collector.respond_with(503)
+    integration = OdpIntegration(collector.url, API_KEY)
+    manager = started(BatchEventManager(**FAST_RETRY), integration)
+    assert manager.send(event(1, integration))
+    began = time.monotonic()
+    assert manager.flush() is False
+    assert time.monotonic() - began < 5
+    manager.close(0)
+
+
+def test_the_event_bound_is_exact_with_many_callers(collector: OdpCollector) -> None:
+    collector.respond_with(503)  # nothing resolves: every accepted event stays held
+    integration = OdpIntegration(collector.url, API_KEY)
+    manager = started(BatchEventManager(max_queue_events=5_000, **FAST_RETRY), integration)
+    accepted = [0] * 8
+
+    def caller(n: int) -> None:
+        accepted[n] = sum(1 for i in range(2_000) if manager.send(event(i, integration)))
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sum(accepted) == 5_000 == manager.stats()["accepted"]
+    manager.close(0)
+
+
+# -- nothing lost without a trace -----------------------------------------------------------------
+def test_parked_events_wait_in_the_spool_for_a_datafile_that_says_where(
+        tmp_path: Path, collector: OdpCollector) -> None:
+    path = str(tmp_path / "spool.db")
+    first = started(BatchEventManager(spool_path=path))
+    assert first.park([event(i, None) for i in range(3)]) == 3
+    first.close(0)
+    assert SqliteSpool.inspect(path)["events"] == 3
+
+    second = started(BatchEventManager(spool_path=path))
+    assert second.flush(0.5) is False, "no destination yet: they wait"
+    assert second.stats()["spool"]["awaiting_destination"] == 3
+    second.integration_changed(OdpIntegration(collector.url, API_KEY))
+    assert second.flush(10)
+    stats = second.stats()
+    second.close()
+    assert sorted(e["identifiers"]["fs_user_id"] for e in collector.events) == ["0", "1", "2"]
+    assert SqliteSpool.inspect(path)["events"] == 0
+    assert stats["recovered"] == 3
+
+
+def test_parked_events_are_given_up_counted_when_the_datafile_says_not_integrated(tmp_path: Path) -> None:
+    path = str(tmp_path / "spool.db")
+    first = started(BatchEventManager(spool_path=path))
+    first.park([event(i, None) for i in range(2)])
+    first.close(0)
+    second = BatchEventManager(spool_path=path)
+    second.start(logger=NullLogger(), notification_center=None, integration=None)
+    second.integration_changed(None)
+    assert second.flush(10)
+    stats = second.stats()
+    assert stats["dropped"] == {"odpNotIntegrated": 2} and stats["recovered"] == 2 and stats["queued"] == 0
+    second.close()
+    assert SqliteSpool.inspect(path)["events"] == 0
+
+
+def test_counters_add_up_and_memory_returns_after_retries_splits_and_refusals(
+        make_client: ClientFactory, collector: OdpCollector) -> None:
+    manager = BatchEventManager(batch_size=50, flush_interval=0.01, max_queue_events=400, **FAST_RETRY)
+    client = make_client(odp_event_manager=manager)
+    collector.reject_events(lambda e: e["identifiers"]["fs_user_id"].endswith("7"))
+    collector.respond_with(503, times=3)
+    results = [client.send_odp_event("mix", {"fs_user_id": str(i)}) for i in range(500)]
+    assert client.flush(20)
+    stats = manager.stats()
+    accepted = sum(1 for r in results if r)
+    assert stats["accepted"] == accepted and 0 < accepted < 500
+    assert stats["delivered"] + stats["dropped_total"] + stats["queued"] + stats["in_flight"] == accepted
+    assert stats["dropped"] == {"rejectedByServer": sum(1 for i in range(accepted) if str(i).endswith("7"))}
+    assert (stats["queued"], stats["queued_bytes"], stats["in_flight"]) == (0, 0, 0)
+    assert stats["retries"] >= 3 and stats["requests"] > stats["batches_sent"]
+
+
+def test_a_burst_of_large_events_after_small_ones_stays_within_max_queue_bytes(collector: OdpCollector) -> None:
+    collector.respond_with(503)  # an outage: everything accepted stays queued
+    integration = OdpIntegration(collector.url, API_KEY)
+    cap = 4 * 1024 * 1024
+    manager = started(BatchEventManager(max_queue_bytes=cap, max_queue_events=10**6, **FAST_RETRY), integration)
+    small = [manager.send(event(i, integration)) for i in range(200)]
+    large = build_event("edge", {"fs_user_id": "big"}, data={"blob": "x" * 20_000})
+    large.integration = integration
+    accepted = sum(1 for _ in range(2_000) if manager.send(large))
+    assert all(small) and 0 < accepted < 2_000
+    manager.flush(0.5)  # cuts and encodes every waiting event (nothing can be delivered)
+    assert manager.stats()["queued_bytes"] <= cap * 1.1, "counted as what they take once encoded"
+    manager.close(0)
+
+
+def test_a_long_outage_logs_a_failed_request_once_per_interval_with_a_count(
+        make_client: ClientFactory, collector: OdpCollector, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from conftest import log_lines
+
+    collector.respond_with(503)
+    manager = BatchEventManager(retry_initial_backoff=0.001, retry_max_backoff=0.002)
+    client = make_client(odp_event_manager=manager)
+    assert client.send_odp_event("down", {"fs_user_id": "u"})
+    assert collector.wait_for_requests(30), "many failed attempts"
+    manager.close(0)
+    retries = manager.stats()["retries"]
+    lines = [line for line in log_lines(caplog, logging.WARNING) if "HTTP 503" in line or "failed requests" in line]
+    assert retries >= 29 and len(lines) <= 3, lines
+    assert any(line.startswith("... and ") and "more failed requests kept for a retry" in line for line in lines)
