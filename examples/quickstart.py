@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 
+from optimizely.event.event_processor import ForwardingEventProcessor
+
 from optimizely_odp_ext import OdpOptimizely
 from optimizely_odp_ext.testing import OdpCollector, RecordingEventDispatcher, sample_datafile
 
@@ -21,7 +23,11 @@ def main() -> None:
     with OdpCollector(api_key=API_KEY) as collector:
         # A datafile whose ODP integration (host, publicKey) points at the local collector.
         datafile = json.dumps(sample_datafile(host=collector.url, api_key=API_KEY))
-        client = OdpOptimizely(datafile=datafile, event_dispatcher=RecordingEventDispatcher(),
+        # The base SDK's impression events stay in a local recording dispatcher here, handed over
+        # as they happen (no batching thread to stop). In production leave both arguments out.
+        dispatcher = RecordingEventDispatcher()
+        client = OdpOptimizely(datafile=datafile, event_dispatcher=dispatcher,
+                               event_processor=ForwardingEventProcessor(dispatcher),
                                logger=logging.getLogger("optimizely"))
 
         user = client.create_user_context("user-123", {"plan": "pro"})
@@ -32,7 +38,7 @@ def main() -> None:
             client.send_odp_event("signed_in", {"fs_user_id": "user-123", "email": "ada@example.com"}),
             client.send_odp_event("purchase", {"fs_user_id": "user-123"}, data={"price": 42.5, "currency": "EUR"}),
             client.send_odp_event("viewed", {"fs_user_id": "user-123"}, type="product", data={"sku": "A-1"}),
-            client.send_odp_event("", {"fs_user_id": "user-123"}),  # invalid: refused with a reason
+            client.send_odp_event("", {"fs_user_id": "user-123"}),  # invalid: refused with a reason (and logged)
         ]
         for result in results:
             print("send_odp_event ->", "accepted" if result else f"discarded ({result.reason}: {result.message})")

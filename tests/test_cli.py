@@ -3,65 +3,34 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import selectors
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
 import requests
+from test_cli_support import (
+    COMMAND,
+    KEY,
+    MASKED_KEY,
+    clean_environment,
+    error_line,
+    read_line,
+    run,
+    wire_event,
+)
 
 from optimizely_odp_ext.cli import main
 from optimizely_odp_ext.cli import spool as spool_command
-from optimizely_odp_ext.cli.common import EXIT_INTERNAL
-from optimizely_odp_ext.cli.send import parse_value
+from optimizely_odp_ext.cli.common import EXIT_INTERNAL, parse_value
 from optimizely_odp_ext.spool import SpoolRecord, SqliteSpool
 from optimizely_odp_ext.testing import DatafileServer, OdpCollector, sample_datafile
 
-KEY = "test-odp-key"
-MASKED_KEY = "test...ey"
-COMMAND = [sys.executable, "-m", "optimizely_odp_ext.cli"]
 URL = re.compile(r"http://127\.0\.0\.1:\d+")
-
-
-def clean_environment(**extra: str) -> dict[str, str]:
-    """This process's environment without OPTIMIZELY_ODP_* variables, plus ``extra``."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("OPTIMIZELY_ODP_")}
-    env.update(extra)
-    return env
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([*COMMAND, *args], capture_output=True, text=True, timeout=30,
-                          env=clean_environment(**(env or {})), stdin=subprocess.DEVNULL)
-    assert "Traceback" not in done.stderr, done.stderr
-    return done
-
-
-def error_line(done: subprocess.CompletedProcess[str]) -> str:
-    """The stderr of a failed run: exactly one ``optimizely-odp: error:`` line."""
-    lines = done.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("optimizely-odp: error: "), done.stderr
-    return lines[0]
-
-
-def read_line(stream: IO[str], timeout: float = 10.0) -> str:
-    """One line from a subprocess pipe, failing the test instead of hanging."""
-    with selectors.DefaultSelector() as selector:
-        selector.register(stream, selectors.EVENT_READ)
-        assert selector.select(timeout), "the subprocess printed nothing"
-    return stream.readline()
-
-
-def wire_event(index: int, action: str = "replayed") -> bytes:
-    return json.dumps({"type": "fullstack", "action": action, "identifiers": {"fs_user_id": f"user-{index}"},
-                       "data": {"idempotence_id": f"id-{index}"}}, separators=(",", ":")).encode()
 
 
 @pytest.fixture
@@ -263,7 +232,7 @@ def test_spool_stats_replay_and_purge(collector: OdpCollector, tmp_path: Path) -
     make_spool(path, good[:600] + poison + wrong_key + good[600:])
 
     stats = run("spool", "stats", str(path), "--json")
-    replay = run("spool", "replay", str(path), "--batch-size", "200")
+    replay = run("spool", "replay", str(path), "--batch-size", "200", "--progress-interval", "0")
     after = run("spool", "stats", str(path))
     refused = run("spool", "purge", str(path))
     purged = run("spool", "purge", str(path), "--yes")
@@ -271,7 +240,7 @@ def test_spool_stats_replay_and_purge(collector: OdpCollector, tmp_path: Path) -
     assert stats.returncode == 0 and json.loads(stats.stdout)["events"] == 1203
     assert replay.returncode == 1
     assert "1,200 delivered, 1 refused by ODP (deleted), 2 left in the spool" in replay.stdout
-    assert "replay: 1,000/1,203 events" in replay.stderr  # progress of a long replay
+    assert "replay: 1,203/1,203 events (100%), 1,200 delivered, 3 failed" in replay.stderr  # progress
     assert "ODP refused event" in replay.stderr and "HTTP 401" in replay.stderr
     assert "not-the-key" not in replay.stderr
     assert replay.stderr.splitlines()[-1].startswith("optimizely-odp: error: 2 events not delivered")

@@ -6,17 +6,22 @@ Usage::
                    [--data KEY=VALUE ...] [--data-json JSON] [--set NAME=VALUE ...] [--timeout S]
     optimizely-odp [-v] doctor [SOURCE] [--odp-disabled] [--set NAME=VALUE ...]
                    [--send-test-event] [--timeout S]
+    optimizely-odp [-v] import FILE|- SOURCE [--format jsonl|csv] [--map COLUMN=TARGET ...]
+                   [--action ACTION] [--type TYPE] [--batch-size N] [--in-flight N] [--timeout S]
+                   [--retry-for S] [--checkpoint PATH] [--rejects PATH] [--source-id TEXT]
+                   [--progress-interval S]
     optimizely-odp collector [--port N] [--api-key KEY] [--jsonl FILE] [--quiet]
                    [--max-events N] [--exit-after S]
     optimizely-odp spool stats PATH [--json]
-    optimizely-odp spool replay PATH [--batch-size N] [--timeout S]
+    optimizely-odp spool replay PATH [--batch-size N] [--timeout S] [--progress-interval S]
     optimizely-odp spool purge PATH [--yes]
 
     SOURCE: --datafile PATH | --sdk-key KEY [--datafile-url URL] | --datafile-url URL
-            | --host URL --api-key KEY (send only: one request straight to that host)
+            | --host URL --api-key KEY (send and import: straight to that host)
 
 Exit codes: 0 success; 1 the operation failed (event not delivered, ODP not usable,
-events left in the spool); 2 bad usage or input; 70 internal error; 130 interrupted.
+events left in the spool, rows refused or not sent); 2 bad usage or input; 70 internal
+error; 130 interrupted; 141 stdout's reader went away (``| head``), quietly.
 Errors are one line on stderr, ``optimizely-odp: error: ...``; ``--verbose`` adds the
 SDK's DEBUG log (and a traceback for an internal error) on stderr.
 

@@ -10,8 +10,9 @@ from collections.abc import Sequence
 from typing import Callable, NoReturn
 
 from optimizely_odp_ext import __version__, compat
-from optimizely_odp_ext.cli import collector, doctor, send, spool
+from optimizely_odp_ext.cli import collector, doctor, import_command, send, spool
 from optimizely_odp_ext.cli.common import (
+    EXIT_BROKEN_PIPE,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_OK,
@@ -26,8 +27,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``) and return the exit code.
 
     Blocks until the command is done. Never raises (``--help`` and ``--version`` return 0).
+    When stdout's reader goes away (``| head``) the command stops quietly with
+    :data:`EXIT_BROKEN_PIPE`, as a Unix tool ended by SIGPIPE would.
     """
-    arguments = list(sys.argv[1:] if argv is None else argv)
+    code = _run(sys.argv[1:] if argv is None else argv)
+    if not _flush_stdout():
+        return EXIT_BROKEN_PIPE
+    return code
+
+
+def _run(argv: Sequence[str]) -> int:
+    arguments = list(argv)
     verbose = "-v" in arguments or "--verbose" in arguments
     try:
         args = build_parser().parse_args(arguments)
@@ -39,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         error("interrupted")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # a print to stdout after its reader (| head) went away
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except SystemExit as exit:  # argparse's --help and --version
         return exit.code if isinstance(exit.code, int) else EXIT_OK if exit.code is None else EXIT_USAGE
     except Exception as failure:  # the last resort: never a traceback unless asked for
@@ -47,16 +60,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = "" if verbose else " (run with --verbose for the traceback)"
         error(f"internal error: {type(failure).__name__}: {failure}{hint}")
         return EXIT_INTERNAL
-    finally:
-        _flush_stdout()
 
 
-def _flush_stdout() -> None:
+def _flush_stdout() -> bool:
+    """Flush stdout; False when its reader went away (then stdout goes to /dev/null, so the
+    interpreter's own flush at exit is quiet too)."""
     try:
         sys.stdout.flush()
     except (BrokenPipeError, ValueError):  # a reader that went away (| head), or a closed stream
+        _silence_stdout()
+        return False
+    return True
+
+
+def _silence_stdout() -> None:
+    try:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor behind sys.stdout (in-process use): nothing to do
+        pass
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,11 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="log the SDK at DEBUG level to stderr")
     parser = _Parser(prog=PROG, description="Send, check and collect Optimizely Data Platform (ODP) events.",
                      epilog="Exit codes: 0 success, 1 failed, 2 bad usage or input, 70 internal error, "
-                     "130 interrupted.")
+                     "130 interrupted, 141 stdout closed early (| head).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log the SDK at DEBUG level to stderr")
     parser.add_argument("--version", action="version",
                         version=f"%(prog)s {__version__} (optimizely-sdk {compat.SDK_VERSION})")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in (send, doctor, collector, spool):
+    for command in (send, doctor, import_command, collector, spool):
         command.add_parser(commands, verbose)
     return parser

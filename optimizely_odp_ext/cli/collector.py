@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from typing import IO, Any
 
-from optimizely_odp_ext.cli.common import EXIT_OK, PROG, CliError, error, plural, positive_float, positive_int
+from optimizely_odp_ext.cli.common import (
+    EXIT_OK,
+    PROG,
+    CliError,
+    error,
+    masked,
+    plural,
+    positive_float,
+    positive_int,
+    sigterm_as_interrupt,
+)
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser],
@@ -52,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
             raise CliError(f"cannot open {args.jsonl}: {failure.strerror}") from None
     collector = OdpCollector(api_key=args.api_key, port=args.port, record=False)
     done = threading.Event()
+    last_request: list[threading.Thread | None] = [None]
+    """The server thread of the request that reached --max-events: its 202 is still to go out."""
     lock = threading.Lock()
     seen = [0]
     echo = [not args.quiet]
@@ -72,20 +82,22 @@ def run(args: argparse.Namespace) -> int:
                 error(f"cannot write the event: {failure.strerror or failure}")
                 done.set()
             seen[0] += 1
-            if args.max_events is not None and seen[0] >= args.max_events:
+            if args.max_events is not None and seen[0] >= args.max_events and not done.is_set():
+                last_request[0] = threading.current_thread()
                 done.set()
 
     collector.on_event = on_event
     try:
-        with _sigterm_as_interrupt(), suppress(KeyboardInterrupt):
+        with sigterm_as_interrupt(), suppress(KeyboardInterrupt):
             try:
                 collector.start()
             except OSError as failure:
                 raise CliError(f"cannot listen on 127.0.0.1:{args.port}: {failure.strerror or failure}") from None
-            keys = f"x-api-key {args.api_key!r}" if args.api_key else "any x-api-key"
+            keys = f"x-api-key {masked(args.api_key)}" if args.api_key else "any x-api-key"
             print(f"{PROG}: collector listening on {collector.url} (POST /v3/events, {keys}); Ctrl-C to stop",
                   file=sys.stderr, flush=True)
             done.wait(args.exit_after)
+            _let_it_answer(last_request[0])
     finally:
         collector.stop()
         with lock:
@@ -96,18 +108,14 @@ def run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM stops the process like Ctrl-C (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+ANSWER_GRACE = 2.0
+"""Seconds the last request (the one that reached ``--max-events``) gets to receive its 202
+before the collector stops: its connection's thread ends once the client hangs up; a
+client that keeps the connection open is waited for this long."""
 
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def _let_it_answer(thread: threading.Thread | None) -> None:
+    """Wait (bounded) for the server thread that reached ``--max-events`` to answer and finish,
+    so stopping the collector does not cut that request's 202 short."""
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(ANSWER_GRACE)

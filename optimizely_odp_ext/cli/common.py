@@ -1,15 +1,36 @@
-"""What every ``optimizely-odp`` command shares: exit codes, the one-line error, and argument parsing."""
+"""What every ``optimizely-odp`` command shares: exit codes, one-line messages on stderr,
+how numbers and library messages are shown, and argument parsing.
+
+The key is shown only through :func:`optimizely_odp_ext.integration.mask_key`, re-exported
+here as :func:`masked` so every command masks it the same way.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import math
+import re
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from optimizely_odp_ext.integration import mask_key
+
+if TYPE_CHECKING:
+    from optimizely_odp_ext.event import Scalar
 
 PROG = "optimizely-odp"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 70, 130
+EXIT_BROKEN_PIPE = 128 + 13
+"""stdout's reader went away (``| head``): the status a shell shows for a tool ended by SIGPIPE."""
 DEFAULT_TIMEOUT = 10.0
+
+masked = mask_key
 
 
 class CliError(Exception):
@@ -20,16 +41,39 @@ class CliError(Exception):
         self.code = code
 
 
+def _stderr(line: str) -> None:
+    with contextlib.suppress(BrokenPipeError, ValueError):  # stderr's reader went away, or it is closed
+        print(line, file=sys.stderr, flush=True)
+
+
 def error(message: str) -> None:
-    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    _stderr(f"{PROG}: error: {message}")
 
 
 def warn(message: str) -> None:
-    print(f"{PROG}: warning: {message}", file=sys.stderr, flush=True)
+    _stderr(f"{PROG}: warning: {message}")
+
+
+def note(message: str) -> None:
+    _stderr(f"{PROG}: {message}")
 
 
 def plural(count: int, noun: str) -> str:
     return f"{count:,} {noun}" + ("" if count == 1 else "s")
+
+
+def seconds(value: float) -> str:
+    """A duration as the CLI shows it: ``0.2s``, ``1.25s``, ``30s`` (never 17 digits)."""
+    return f"{round(value, 2):g}s"
+
+
+_LONG_DURATION = re.compile(r"(?<![\d.])(\d+\.\d{3,})(?=\s?s\b)")
+
+
+def round_seconds(text: str) -> str:
+    """A library message with its durations rounded: ``(timeout 0.19999351700005263s)`` ->
+    ``(timeout 0.2s)``. Numbers that are not seconds are left alone."""
+    return _LONG_DURATION.sub(lambda found: f"{round(float(found.group(1)), 2):g}", text)
 
 
 def positive_int(text: str) -> int:
@@ -52,6 +96,38 @@ def positive_float(text: str) -> float:
     return value
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text!r}")
+    return value
+
+
+_SCALAR_STARTS = frozenset('-0123456789tfn" \t\r\n')
+"""The characters a JSON number, true, false, null or string may start with (after blanks)."""
+
+
+def parse_value(text: str) -> Scalar:
+    """A ``--data`` value (or a CSV ``data.*`` cell): JSON ``true``/``false``/``null``, a finite
+    number or a quoted string when it is one, else the text itself (``007`` and ``NaN`` stay
+    text). Non-blocking."""
+    try:
+        value = json.loads(text, parse_constant=not_json)
+    except ValueError:
+        return text
+    if isinstance(value, float) and not math.isfinite(value):
+        return text
+    return value if isinstance(value, (str, int, float, bool)) or value is None else text
+
+
+def not_json(name: str) -> NoReturn:
+    """``parse_constant`` for ``json.loads``: ``NaN`` and ``Infinity`` are not JSON."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def pairs(texts: Sequence[str], option: str) -> list[tuple[str, str]]:
     """``KEY=VALUE`` arguments of ``option`` as pairs; a usage error for any other form."""
     result = []
@@ -61,3 +137,50 @@ def pairs(texts: Sequence[str], option: str) -> list[tuple[str, str]]:
             raise CliError(f"{option} expects KEY=VALUE, not {text!r}", EXIT_USAGE)
         result.append((key, value))
     return result
+
+
+@contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM stops the process like Ctrl-C (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM asks a long command to stop cleanly: the first signal sets
+    :attr:`requested` (the command finishes what is under way and saves its state), a
+    second one raises ``KeyboardInterrupt`` at once. Use as a context manager on the main
+    thread (elsewhere it only offers :attr:`requested`)."""
+
+    def __init__(self, on_request: Any = None) -> None:
+        self.requested = threading.Event()
+        self._on_request = on_request
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested.is_set():
+            raise KeyboardInterrupt
+        self.requested.set()
+        if self._on_request is not None:
+            self._on_request()
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from datetime import datetime, timezone
 from typing import Any
 
 from optimizely_odp_ext import __version__, compat
@@ -57,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     integration: OdpIntegration | None = None
     state = IntegrationState.UNDETERMINED
     if source_given:
-        session = Session(args, odp_disabled=args.odp_disabled)
+        session = Session(args, odp_disabled=args.odp_disabled, keep_going=True)
+        assert session.settings is not None  # a session with an event manager
         settings = session.settings
     else:
         settings = resolve_settings(manager_arguments(args.settings))
@@ -80,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         lines.append(("ODP public key", f"{mask_key(integration.api_key)} (masked)" if integration else "-"))
         lines.append(("ODP enabled", f"no, disabled by {disabled_by}" if disabled_by else "yes"))
         warnings += _warnings(state, integration, disabled_by, settings)
+        spool_line, spool_problem = _spool(settings.spool_path, session)
         delivery: Delivery | None = None
         if args.send_test_event and session is not None and config is not None:
             delivery = deliver(session, DOCTOR_ACTION, dict(DOCTOR_IDENTIFIERS), DEFAULT_EVENT_TYPE, None)
@@ -96,15 +99,15 @@ def run(args: argparse.Namespace) -> int:
         where = {"argument": f"argument (--set {setting.name})",
                  "environment": f"environment ({setting.env_var})"}.get(source, source)
         value = getattr(settings, setting.name)
-        print(f"  {setting.name:<23}{'-' if value is None else value!s:<12}{where}")
-    spool_line = _spool(settings.spool_path, warnings)
+        shown = "-" if value is None else str(round(value, 3)) if isinstance(value, float) else str(value)
+        print(f"  {setting.name:<23}{shown:<12} {where}")
     if spool_line:
         print(f"spool: {spool_line}")
     if warnings:
         print("warnings:")
         for warning in warnings:
             print(f"  - {warning}")
-    healthy = state is IntegrationState.INTEGRATED and not disabled_by
+    healthy = state is IntegrationState.INTEGRATED and not disabled_by and not spool_problem
     if args.send_test_event:
         print("test event:")
         if delivery is None:
@@ -117,8 +120,11 @@ def run(args: argparse.Namespace) -> int:
     if healthy:
         print(f"status: OK, ODP events go to {integration.host if integration else '-'}")
         return EXIT_OK
-    print("status: PROBLEM, ODP events would not be delivered" if source_given or args.send_test_event
-          else "status: UNKNOWN, no datafile to check")
+    if spool_problem:
+        print(f"status: PROBLEM, {spool_problem}")
+    else:
+        print("status: PROBLEM, ODP events would not be delivered" if source_given or args.send_test_event
+              else "status: UNKNOWN, no datafile to check")
     return EXIT_FAILED
 
 
@@ -148,23 +154,56 @@ def _warnings(state: IntegrationState, integration: OdpIntegration | None, disab
     return warnings
 
 
-def _spool(path: str | None, warnings: list[str]) -> str:
-    """The spool's line of the report ("" without a spool); adds what is wrong with it to ``warnings``."""
-    if path is None:
-        return ""
+def _spool(path: str | None, session: Session | None) -> tuple[str, str]:
+    """The spool's line of the report ("" without a spool), and what is wrong with it ("" if
+    nothing is): the event manager refused it (a ``SettingError``), its ``stats()["spool"]``
+    has a ``state`` other than ``ok`` (e.g. a damaged file renamed aside), or the manager
+    logged that it could not open it."""
+    if not path:
+        return "", ""
+    if session is None:  # no client to build: look at the file only
+        return _inspect(path)
+    if session.manager_problem:
+        return f"{path} (cannot be used)", f"the spool cannot be used: {session.manager_problem}"
+    spool = session.client.odp_stats().get("spool")
+    if isinstance(spool, dict):
+        state = str(spool.get("state", "ok"))
+        where = spool.get("description") or path
+        if state != "ok":
+            details = ", ".join(f"{key} {_shown(key, value)}" for key, value in sorted(spool.items())
+                                if key not in ("kind", "state", "description") and value not in (None, "", 0))
+            return f"{where} ({state})", f"the spool {where} is {state}" + (f" ({details})" if details else "")
+        return f"{where} ({_waiting(spool)})" if "events" in spool else str(where), ""
+    said = next((text for text in session.recent.errors() if "spool" in text.lower()), "")
+    if "in use by another process" in said:  # an application has it open: look, do not touch
+        line, problem = _inspect(path)
+        return line.replace(f"{path} (", f"{path} (in use by another process; ", 1), problem
+    if said:
+        return f"{path} (cannot be used)", f"the spool cannot be used: {said}"
+    return _inspect(path)
+
+
+def _shown(key: str, value: Any) -> str:
+    """A spool stats value for the report: a wall-clock time as UTC, the rest as it is."""
+    if isinstance(value, float) and (key == "since" or key.endswith("_at")) and value > 1e9:
+        return datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="seconds")
+    return str(value)
+
+
+def _waiting(spool: dict[str, Any]) -> str:
+    return f"{plural(int(spool.get('events') or 0), 'event')} waiting"
+
+
+def _inspect(path: str) -> tuple[str, str]:
+    """The report line from the file alone (without opening it as the manager would)."""
     try:
         from optimizely_odp_ext.spool import SpoolError, SqliteSpool
     except ImportError as error:  # fcntl is POSIX only
-        warnings.append(f"spool_path is set but the spool cannot be used here: {error}")
-        return path
+        return path, f"the spool cannot be used here: {error}"
     if not os.path.exists(path):
-        directory = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(directory):
-            warnings.append(f"spool_path {path}: the directory {directory} does not exist")
-        return f"{path} (not created yet)"
+        return f"{path} (not created yet)", ""
     try:
         stats = SqliteSpool.inspect(path)
     except SpoolError as error:
-        warnings.append(str(error))
-        return path
-    return f"{path} ({plural(stats['events'], 'event')} waiting)"
+        return path, f"the spool cannot be used: {error}"
+    return f"{path} ({_waiting(stats)})", ""

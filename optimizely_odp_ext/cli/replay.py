@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from optimizely_odp_ext import encoding
-from optimizely_odp_ext.cli.common import PROG, warn
+from optimizely_odp_ext.cli.common import seconds
+from optimizely_odp_ext.cli.progress import Progress
 from optimizely_odp_ext.integration import OdpIntegration, mask_key
 from optimizely_odp_ext.retry import backoff_delay
 from optimizely_odp_ext.settings import SETTINGS_BY_NAME
@@ -21,8 +20,6 @@ if TYPE_CHECKING:
 
 REPLAY_RETRIES = 3
 REPLAY_MAX_BACKOFF = 30.0
-REPLAY_PROGRESS_EVERY = 1000
-"""Replay progress goes to stderr every 1,000 events or every 5%, whichever is rarer."""
 MAX_BATCH_BYTES = int(SETTINGS_BY_NAME["max_batch_bytes"].default)
 
 
@@ -50,19 +47,25 @@ class Replay:
     ODP refuses on its own (400/413/422, found by splitting the batch) is deleted, as
     the event manager drops it."""
 
-    def __init__(self, spool: SqliteSpool, transport: Transport, batch_size: int) -> None:
+    def __init__(self, spool: SqliteSpool, transport: Transport, batch_size: int,
+                 progress_interval: float | None = None) -> None:
         self.spool = spool
         self.transport = transport
         self.batch_size = batch_size
         self.total = spool.count()
         self.delivered = self.refused = self.skipped = 0
         self.blocked: dict[OdpIntegration, str] = {}
-        self._step = max(REPLAY_PROGRESS_EVERY, math.ceil(self.total / 20))
-        self._next_progress = self._step
-        self._started = time.monotonic()
+        self.progress = (Progress("replay", self.total) if progress_interval is None
+                         else Progress("replay", self.total, interval=progress_interval))
 
     def run(self) -> None:
         """Replay every event. Blocks until done (each request up to the transport's timeout)."""
+        try:
+            self._run()
+        finally:
+            self.progress.close()
+
+    def _run(self) -> None:
         pending: dict[OdpIntegration, Batch] = {}
         sizes: dict[OdpIntegration, int] = {}
         for event in self.spool.iter_all(chunk=max(self.batch_size, 1000)):
@@ -98,13 +101,13 @@ class Replay:
                 self._send(half)
         elif outcome.kind is OutcomeKind.REJECTED:
             rowid = batch.ids[0]
-            warn(f"ODP refused event {rowid} ({outcome.detail}); it is deleted")
+            self.progress.warn(f"ODP refused event {rowid} ({outcome.detail}); it is deleted")
             self.spool.delete([rowid])
             self._done(refused=1)
         else:
             self.blocked[destination] = outcome.detail or outcome.kind.value
-            warn(f"giving up {destination.host} (key {mask_key(destination.api_key)}) for this replay: "
-                 f"{outcome.detail or outcome.kind.value}; its events stay in the spool")
+            self.progress.warn(f"giving up {destination.host} (key {mask_key(destination.api_key)}) for this "
+                               f"replay: {outcome.detail or outcome.kind.value}; its events stay in the spool")
             self._done(skipped=len(batch.ids))
 
     def _post(self, batch: Batch) -> Outcome:
@@ -116,17 +119,14 @@ class Replay:
                 return outcome
             failures += 1
             delay = min(REPLAY_MAX_BACKOFF, backoff_delay(failures, 0.5, REPLAY_MAX_BACKOFF, outcome.retry_after))
-            warn(f"{batch.destination.host}: {outcome.detail}; retry {failures}/{REPLAY_RETRIES} in {delay:.1f}s")
+            self.progress.warn(f"{batch.destination.host}: {outcome.detail}; "
+                               f"retry {failures}/{REPLAY_RETRIES} in {seconds(delay)}")
+            self.progress.set_status(f"retrying {batch.destination.host}")
             time.sleep(delay)  # a command-line pause between retries; Ctrl-C interrupts it
+            self.progress.set_status("")
 
     def _done(self, delivered: int = 0, refused: int = 0, skipped: int = 0) -> None:
         self.delivered += delivered
         self.refused += refused
         self.skipped += skipped
-        handled = self.delivered + self.refused + self.skipped
-        if handled >= self._next_progress and self.total > self._step:
-            while self._next_progress <= handled:
-                self._next_progress += self._step
-            rate = handled / max(time.monotonic() - self._started, 1e-6)
-            print(f"{PROG}: replay: {handled:,}/{self.total:,} events ({100 * handled // self.total}%), "
-                  f"{self.delivered:,} delivered, {rate:,.0f} events/s", file=sys.stderr, flush=True)
+        self.progress.advance(delivered=delivered, failed=refused + skipped)

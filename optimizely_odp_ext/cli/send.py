@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
-from typing import Any, NoReturn
+from typing import Any
 
-from optimizely_odp_ext.cli.common import EXIT_OK, EXIT_USAGE, CliError, pairs, warn
+from optimizely_odp_ext.cli.common import EXIT_OK, EXIT_USAGE, CliError, not_json, pairs, parse_value
 from optimizely_odp_ext.cli.delivery import deliver
-from optimizely_odp_ext.cli.session import Session, add_client_arguments, add_source_arguments, has_source
-from optimizely_odp_ext.event import DEFAULT_EVENT_TYPE, InvalidEventError, Scalar, build_event
-from optimizely_odp_ext.integration import OdpIntegration
+from optimizely_odp_ext.cli.session import (
+    Session,
+    add_client_arguments,
+    add_source_arguments,
+    direct_destination,
+    wants_direct,
+)
+from optimizely_odp_ext.event import DEFAULT_EVENT_TYPE, InvalidEventError, build_event
 from optimizely_odp_ext.transport import OutcomeKind, Transport
 
 
@@ -34,27 +38,11 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser],
     send.set_defaults(handler=run)
 
 
-def parse_value(text: str) -> Scalar:
-    """A ``--data`` value: JSON ``true``/``false``/``null``, a finite number or a quoted
-    string when it is one, else the text itself (``007`` and ``NaN`` stay text). Non-blocking."""
-    try:
-        value = json.loads(text, parse_constant=_not_json)
-    except ValueError:
-        return text
-    if isinstance(value, float) and not math.isfinite(value):
-        return text
-    return value if isinstance(value, (str, int, float, bool)) or value is None else text
-
-
-def _not_json(name: str) -> NoReturn:
-    raise ValueError(name)
-
-
 def _event_data(args: argparse.Namespace) -> dict[str, Any] | None:
     data: dict[str, Any] = {}
     if args.data_json is not None:
         try:
-            parsed = json.loads(args.data_json, parse_constant=_not_json)
+            parsed = json.loads(args.data_json, parse_constant=not_json)
         except ValueError as error:
             raise CliError(f"--data-json is not valid JSON: {error}", EXIT_USAGE) from None
         if not isinstance(parsed, dict):
@@ -75,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     except InvalidEventError as invalid:
         print(f"result: discarded ({invalid.reason}) {invalid.message}")
         raise CliError(f"invalid event: {invalid.message}", EXIT_USAGE) from None
-    if args.host is not None or args.api_key is not None:
+    if wants_direct(args):
         return _send_direct(args, event.to_json())
 
     session = Session(args)
@@ -92,16 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _send_direct(args: argparse.Namespace, event_json: bytes) -> int:
     """``--host --api-key``: one request, no retry, no datafile."""
-    if has_source(args):
-        raise CliError("--host and --api-key cannot be combined with a datafile source", EXIT_USAGE)
-    if not args.host or not args.api_key:
-        raise CliError("--host and --api-key go together", EXIT_USAGE)
-    if not args.host.lower().startswith(("http://", "https://")):
-        raise CliError(f"--host must be an http:// or https:// URL, not {args.host!r}", EXIT_USAGE)
-    integration = OdpIntegration(args.host, args.api_key)
-    if integration.is_plain_http_remote:
-        warn(f"{args.host} is plain http:// and not on this machine: the event and the API key travel "
-             "unencrypted")
+    integration = direct_destination(args)
     print("result: accepted")
     transport = Transport(args.timeout, pool_size=1)
     started = time.monotonic()

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import sys
-import threading
-from collections import deque
-from collections.abc import Sequence
+import os
+import time
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from optimizely.config_manager import PollingConfigManager
@@ -20,15 +18,18 @@ from optimizely_odp_ext.cli.common import (
     DEFAULT_TIMEOUT,
     EXIT_FAILED,
     EXIT_USAGE,
-    PROG,
     CliError,
     pairs,
     positive_float,
+    seconds,
+    warn,
 )
+from optimizely_odp_ext.cli.sdk_log import fetch_failure, sdk_logger
 from optimizely_odp_ext.client import OdpOptimizely
+from optimizely_odp_ext.integration import OdpIntegration
 from optimizely_odp_ext.managers.batch import BatchEventManager
 from optimizely_odp_ext.notifications import OdpNotificationCenter
-from optimizely_odp_ext.settings import SETTINGS, SETTINGS_BY_NAME, ManagerSettings, SettingError
+from optimizely_odp_ext.settings import SETTINGS, SETTINGS_BY_NAME, ManagerSettings, Setting, SettingError, parse_bool
 
 # ---------------------------------------------------------------------------- arguments
 
@@ -55,6 +56,27 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
 def has_source(args: argparse.Namespace) -> bool:
     """Whether the command line says where a datafile comes from."""
     return args.datafile is not None or args.sdk_key is not None or args.datafile_url is not None
+
+
+def wants_direct(args: argparse.Namespace) -> bool:
+    """Whether the command line names the ODP host itself (``--host``/``--api-key``)."""
+    return getattr(args, "host", None) is not None or getattr(args, "api_key", None) is not None
+
+
+def direct_destination(args: argparse.Namespace) -> OdpIntegration:
+    """``--host URL --api-key KEY`` as a destination, checked; warns about plain http:// to
+    another machine."""
+    if has_source(args):
+        raise CliError("--host and --api-key cannot be combined with a datafile source", EXIT_USAGE)
+    if not args.host or not args.api_key:
+        raise CliError("--host and --api-key go together", EXIT_USAGE)
+    if not args.host.lower().startswith(("http://", "https://")):
+        raise CliError(f"--host must be an http:// or https:// URL, not {args.host!r}", EXIT_USAGE)
+    integration = OdpIntegration(args.host, args.api_key)
+    if integration.is_plain_http_remote:
+        warn(f"{args.host} is plain http:// and not on this machine: events and the API key travel "
+             "unencrypted")
+    return integration
 
 
 def _source(args: argparse.Namespace) -> tuple[str, str | None]:
@@ -93,56 +115,57 @@ def manager_arguments(texts: Sequence[str]) -> dict[str, Any]:
         setting = SETTINGS_BY_NAME.get(name)
         if setting is None:
             raise CliError(f"--set: unknown setting {name!r} (one of {', '.join(SETTINGS_BY_NAME)})", EXIT_USAGE)
-        try:
-            arguments[name] = setting.parse(text)
-        except ValueError as error:
-            raise CliError(f"--set {name}={text!r} is not valid: {error}", EXIT_USAGE) from None
+        arguments[name] = _parse_setting(setting, text, f"--set {name}={text}")
     return arguments
 
 
-def resolve_settings(arguments: dict[str, Any]) -> ManagerSettings:
+def _parse_setting(setting: Setting, text: str, where: str) -> Any:
     try:
-        return ManagerSettings.resolve(arguments)
+        return setting.parse(text)
+    except ValueError as error:
+        raise CliError(f"{where}: {setting.name} {_expected(setting, error)}", EXIT_USAGE) from None
+
+
+def _expected(setting: Setting, error: ValueError) -> str:
+    """What a setting takes, in words (not Python's ``invalid literal for int()``)."""
+    if setting.parse is parse_bool:
+        return str(error)
+    kind = "a whole number" if setting.parse is int else "a number" if setting.parse is float else "a value"
+    low, high = setting.minimum, setting.maximum
+    bounds = (f" from {low:g} to {high:g}" if low is not None and high is not None
+              else f" of at least {low:g}" if low is not None else "")
+    return f"must be {kind}{bounds}"
+
+
+def resolve_settings(arguments: dict[str, Any], environ: Mapping[str, str] | None = None) -> ManagerSettings:
+    """The settings in force (argument > environment > default); a one-line usage error naming
+    the setting, and the variable when the value came from one."""
+    env = os.environ if environ is None else environ
+    for setting in SETTINGS:
+        if arguments.get(setting.name) is None and setting.env_var in env:
+            text = env[setting.env_var]
+            _parse_setting(setting, text, f"environment variable {setting.env_var}={text}")
+    try:
+        return ManagerSettings.resolve(arguments, env)
     except SettingError as error:
         raise CliError(str(error), EXIT_USAGE) from None
 
 
-# ---------------------------------------------------------------------------- the SDK's log
-
-
-class RecentMessages(logging.Handler):
-    """Keeps the SDK's last warnings and errors, to explain a failure in one line."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.messages: deque[tuple[int, str]] = deque(maxlen=50)
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.messages.append((record.levelno, record.getMessage()))
-        except Exception:
-            self.handleError(record)
-
-    def last(self, level: int = logging.ERROR, since: int = 0, latest: bool = True) -> str:
-        """The latest (or earliest) message at ``level`` or above after the first ``since``
-        kept, or ""."""
-        messages = list(self.messages)[since:]
-        for levelno, message in reversed(messages) if latest else messages:
-            if levelno >= level:
-                return message
+def _foreign_database(path: str | None) -> str:
+    """Why the SQLite file at ``path`` must not be opened as a spool: it is a database of
+    something else, which opening it would change ("" when it is a spool, is missing, or
+    is damaged: the event manager deals with those)."""
+    if not path or not os.path.isfile(path):
         return ""
-
-
-def _sdk_logger(verbose: bool) -> tuple[logging.Logger, RecentMessages]:
-    """A logger for the SDK that is not in logging's registry (nothing global is configured)."""
-    logger = logging.Logger(PROG, logging.DEBUG if verbose else logging.WARNING)
-    recent = RecentMessages()
-    logger.addHandler(recent)
-    if verbose:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logger.addHandler(handler)
-    return logger, recent
+    try:
+        from optimizely_odp_ext.spool import SpoolError, SqliteSpool
+    except ImportError:  # no fcntl (not POSIX): the manager reports it
+        return ""
+    try:
+        SqliteSpool.inspect(path)
+    except SpoolError as error:
+        return str(error) if "not an ODP event spool" in str(error) else ""
+    return ""
 
 
 # ---------------------------------------------------------------------------- the client
@@ -156,48 +179,97 @@ class _LocalDispatcher:
 
 
 class Session:
-    """An ``OdpOptimizely`` built from the command line's source, and what it said."""
+    """An ``OdpOptimizely`` built from the command line's source, and what it said.
 
-    def __init__(self, args: argparse.Namespace, *, odp_disabled: bool = False) -> None:
+    Args:
+        args: the parsed command line (source options, ``settings``, ``timeout``, ``verbose``).
+        odp_disabled: build the client with ``odp_disabled=True``.
+        keep_going: when the event manager cannot be built (a setting it refuses, such as a
+            spool it cannot use), record why in :attr:`manager_problem` and build it without
+            its spool, instead of raising :class:`CliError` (``doctor`` reports it).
+        with_manager: False for a client that only reads the datafile (ODP disabled, no
+            event manager, no settings read): ``import`` sends through its own loop.
+
+    Building it blocks briefly (a datafile file is parsed; a fetch starts in the SDK's
+    polling thread). Not thread-safe: one command uses it from its main thread.
+    """
+
+    def __init__(self, args: argparse.Namespace, *, odp_disabled: bool = False, keep_going: bool = False,
+                 with_manager: bool = True) -> None:
         self.timeout: float = args.timeout
         self.label, datafile = _source(args)
-        self.logger, self.recent = _sdk_logger(bool(getattr(args, "verbose", False)))
-        arguments = manager_arguments(args.settings)
-        self.settings = resolve_settings(arguments)
+        self.logger, self.recent = sdk_logger(bool(getattr(args, "verbose", False)))
+        arguments = manager_arguments(getattr(args, "settings", [])) if with_manager else {}
+        self.settings = resolve_settings(arguments) if with_manager else None
+        self.manager_problem = ""
         self.center = OdpNotificationCenter(self.logger)
+        self.center.add_notification_listener(enums.NotificationTypes.OPTIMIZELY_CONFIG_UPDATE, self.recent.poke)
+        self.fetch_problem = ""
         options: dict[str, Any] = {
             "event_dispatcher": _LocalDispatcher(), "logger": self.logger, "notification_center": self.center,
-            "odp_event_manager": BatchEventManager(**arguments), "odp_disabled": odp_disabled,
+            "odp_event_manager": self._manager(arguments, keep_going) if with_manager else None,
+            "odp_disabled": odp_disabled or not with_manager,
         }
         if datafile is not None:
             self.client = OdpOptimizely(datafile=datafile, **options)
         else:
             config_manager = PollingConfigManager(sdk_key=args.sdk_key, url=args.datafile_url, logger=self.logger,
                                                   notification_center=self.center)
+            self.label = getattr(config_manager, "datafile_url", None) or self.label
             self.client = OdpOptimizely(sdk_key=args.sdk_key, config_manager=config_manager, **options)
 
+    def _manager(self, arguments: dict[str, Any], keep_going: bool) -> BatchEventManager:
+        assert self.settings is not None
+        problem = _foreign_database(self.settings.spool_path)
+        if not problem:
+            try:
+                return BatchEventManager(**arguments)
+            except SettingError as error:
+                problem = str(error)
+        if not keep_going:
+            raise CliError(problem)
+        self.manager_problem = problem
+        return BatchEventManager(**{**arguments, "spool_path": ""})
+
+    @property
+    def polling(self) -> bool:
+        return isinstance(self.client.config_manager, PollingConfigManager)
+
     def wait_for_datafile(self) -> Any:
-        """The client's ProjectConfig once there is one, or None after ``timeout``. Blocks."""
-        ready = threading.Event()
-        self.center.add_notification_listener(enums.NotificationTypes.OPTIMIZELY_CONFIG_UPDATE, ready.set)
-        config = compat.current_project_config(self.client.config_manager)
-        if config is None and isinstance(self.client.config_manager, PollingConfigManager):
-            ready.wait(self.timeout)
-            config = compat.current_project_config(self.client.config_manager)
-        return config
+        """The client's ProjectConfig once there is one; None after ``timeout``, or as soon as
+        the SDK reports that its fetch failed (:attr:`fetch_problem` says why). Blocks."""
+        manager = self.client.config_manager
+        config = compat.current_project_config(manager)
+        if config is not None or not self.polling:
+            return config
+        thread = getattr(getattr(manager, "_polling_thread", None), "ident", None)  # None: any thread's error
+        deadline = time.monotonic() + self.timeout
+        with self.recent.changed:
+            while True:
+                config = compat.current_project_config(manager)
+                if config is not None:
+                    return config
+                failure = self.recent.first_error_from(thread)
+                if failure:
+                    self.fetch_problem = fetch_failure(failure)
+                    return None
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self.recent.changed.wait(remaining)
 
     def require_datafile(self) -> Any:
         config = self.wait_for_datafile()
         if config is None:
-            fetched = isinstance(self.client.config_manager, PollingConfigManager)
-            raise CliError(self.no_datafile_message(), EXIT_FAILED if fetched else EXIT_USAGE)
+            raise CliError(self.no_datafile_message(), EXIT_FAILED if self.polling else EXIT_USAGE)
         return config
 
     def no_datafile_message(self) -> str:
-        polling = isinstance(self.client.config_manager, PollingConfigManager)
-        reason = self.recent.last(latest=polling)  # a fetch's latest failure; a file's first complaint
-        if polling:
-            return f"no datafile from {self.label} within {self.timeout:g}s" + (f": {reason}" if reason else "")
+        if self.fetch_problem:
+            return f"cannot get the datafile from {self.label}: {self.fetch_problem}"
+        if self.polling:
+            return f"no datafile from {self.label} within {seconds(self.timeout)}"
+        reason = self.recent.last(latest=False)  # a file's first complaint
         return f"{self.label} is not a valid datafile" + (f": {reason}" if reason else "")
 
     def close(self) -> None:

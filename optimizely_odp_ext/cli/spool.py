@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -20,6 +21,7 @@ from optimizely_odp_ext.cli.common import (
     positive_float,
     positive_int,
 )
+from optimizely_odp_ext.cli.progress import add_progress_argument
 from optimizely_odp_ext.cli.replay import Replay
 from optimizely_odp_ext.integration import mask_key
 from optimizely_odp_ext.settings import SETTINGS_BY_NAME
@@ -49,6 +51,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser],
                         help="events per request, 1 to 500 (default %(default)s)")
     replay.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                         help="seconds to wait for each answer (default %(default)s)")
+    add_progress_argument(replay)
     replay.set_defaults(handler=run_replay)
     purge = spool_commands.add_parser("purge", parents=[verbose], help="delete every event in a spool")
     purge.add_argument("path", metavar="PATH")
@@ -63,14 +66,34 @@ def _batch_size(text: str) -> int:
     return value
 
 
+def _check_path(path: str) -> None:
+    """A one-line error unless ``path`` is a regular file."""
+    if os.path.isdir(path):
+        raise CliError(f"spool {path} is a directory, not a spool file")
+    if not os.path.exists(path):
+        raise CliError(f"spool {path} does not exist")
+    if not os.path.isfile(path):
+        raise CliError(f"spool {path} is not a regular file")
+
+
 def _open_spool(path: str) -> SqliteSpool:
+    """Open a spool to change it. It is inspected read-only first, so a file that is not a
+    spool (or is damaged) is reported as it is: not locked, not changed, no ``.lock`` left."""
     from optimizely_odp_ext.spool import SpoolError, SqliteSpool
 
-    if not os.path.isfile(path):
-        raise CliError(f"spool {path} does not exist")
+    _check_path(path)
+    try:
+        SqliteSpool.inspect(path)
+    except SpoolError as error:
+        raise CliError(str(error)) from None
+    lock_path = path + ".lock"
+    had_lock_file = os.path.exists(lock_path)
     try:
         return SqliteSpool(path)
     except SpoolError as error:
+        if not had_lock_file and "in use by another process" not in str(error):
+            with contextlib.suppress(OSError):
+                os.unlink(lock_path)
         raise CliError(str(error)) from None
 
 
@@ -81,6 +104,7 @@ def run_stats(args: argparse.Namespace) -> int:
     """Print the spool's counts, without taking its lock. Blocks briefly."""
     from optimizely_odp_ext.spool import SpoolError, SqliteSpool
 
+    _check_path(args.path)
     try:
         stats = SqliteSpool.inspect(args.path)
     except SpoolError as error:
@@ -140,7 +164,7 @@ def run_replay(args: argparse.Namespace) -> int:
     spool = _open_spool(args.path)
     transport = Transport(args.timeout, pool_size=1)
     try:
-        replay = Replay(spool, transport, args.batch_size)
+        replay = Replay(spool, transport, args.batch_size, args.progress_interval)
         replay.run()
         left = spool.count()
     finally:
