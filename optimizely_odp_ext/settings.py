@@ -40,8 +40,19 @@ class Setting:
 
     @property
     def kind(self) -> str:
-        """The expected type's name, for messages (``int``, ``float``, ``bool``, ``str``)."""
+        """The expected type's name (``int``, ``float``, ``bool``, ``str``)."""
         return type(self.default).__name__ if self.default is not None else "str"
+
+    def expectation(self) -> str:
+        """What a value must be, in words: ``a whole number from 1 to 500``."""
+        words = {"int": "a whole number", "float": "a number", "bool": "true or false (1/0, yes/no, on/off)",
+                 "str": "text"}[self.kind]
+        low, high = self.minimum, self.maximum
+        if low is not None and high is not None:
+            return f"{words} from {_number(low)} to {_number(high)}"
+        if low is not None:
+            return f"{words} of at least {_number(low)}"
+        return words
 
     def shown(self, value: object) -> str:
         """``repr(value)`` as a message may show it."""
@@ -149,9 +160,9 @@ class ManagerSettings:
                 where = f"environment variable {setting.env_var}"
                 try:
                     parsed = setting.parse(env[setting.env_var])
-                except ValueError as error:
-                    raise SettingError(f"{where}={setting.shown(env[setting.env_var])} is not valid: expected "
-                                       f"{setting.kind} ({_reason(error)})") from None
+                except ValueError:
+                    raise SettingError(f"{where}={setting.shown(env[setting.env_var])} is not valid: "
+                                       f"{setting.name} must be {setting.expectation()}") from None
                 values[setting.name] = _check(setting, parsed, where)
                 sources[setting.name] = "environment"
             else:
@@ -167,10 +178,13 @@ class ManagerSettings:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sources"}
 
 
-def _reason(error: ValueError) -> str:
-    """A parser's complaint without Python's wording (``invalid literal for int() ...``)."""
-    text = str(error)
-    return "not a number" if "invalid literal" in text or "could not convert" in text else text
+def seconds(value: float) -> str:
+    """A duration as people write it: ``0.2``, ``10``, ``1.25`` (at most 3 decimals)."""
+    return f"{round(value, 3):g}"
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
 
 
 def _check(setting: Setting, value: Any, where: str) -> Any:
@@ -180,15 +194,16 @@ def _check(setting: Setting, value: Any, where: str) -> Any:
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
-        raise SettingError(f"{where} must be {expected.__name__}, not {type(value).__name__}: {setting.shown(value)}")
+        raise SettingError(f"{where} must be {setting.expectation()}, not {type(value).__name__}: "
+                           f"{setting.shown(value)}")
     if isinstance(value, (str, bool)):
         if isinstance(value, str) and not value and not setting.optional:
             raise SettingError(f"{where} must not be empty")
         return value
     if setting.minimum is not None and value < setting.minimum:
-        raise SettingError(f"{where} must be at least {setting.minimum}, not {value!r}")
+        raise SettingError(f"{where} must be {setting.expectation()}, not {value!r}")
     if setting.maximum is not None and value > setting.maximum:
-        raise SettingError(f"{where} must be at most {setting.maximum}, not {value!r}")
+        raise SettingError(f"{where} must be {setting.expectation()}, not {value!r}")
     return value
 
 

@@ -30,7 +30,7 @@ from optimizely_odp_ext.managers.jobs import DeliveryJobs
 from optimizely_odp_ext.managers.spool_link import SpoolLink
 from optimizely_odp_ext.managers.state import ENCODED_OVERHEAD, encoded_memory, seq_of
 from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
-from optimizely_odp_ext.settings import ManagerSettings
+from optimizely_odp_ext.settings import ManagerSettings, seconds
 from optimizely_odp_ext.spool import Spool, SpoolRecord
 from optimizely_odp_ext.spool.opening import SpoolProblem, open_configured_spool
 
@@ -285,7 +285,7 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
             if in_flight and link is not None:
                 flying += " (undelivered ones stay in the spool)"
             self.logger.error(f"ODP event manager closed with {dropped + len(kept) + in_flight} events "
-                              f"undelivered (timeout {limit:g}s){where}{flying}.")
+                              f"undelivered (timeout {seconds(limit)}s){where}{flying}.")
         self._log_limiter.flush()
         self._transport.close()
         if self._link is not None:

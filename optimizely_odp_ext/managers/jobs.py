@@ -15,6 +15,7 @@ from optimizely_odp_ext.managers.batching import Batch, Destination, Encoded, Wa
 from optimizely_odp_ext.managers.ledger import Completion, Fate
 from optimizely_odp_ext.managers.state import ManagerState, encoded_memory, spool_ids
 from optimizely_odp_ext.result import DiscardReason
+from optimizely_odp_ext.settings import seconds
 from optimizely_odp_ext.transport import Outcome, OutcomeKind
 
 EXPIRY_CHECK_INTERVAL = 1.0
@@ -157,7 +158,7 @@ class DeliveryJobs(ManagerState):
             expired = dest.take_expired(cutoff)
             if expired:
                 count = sum(batch.count for batch in expired)
-                self._log("error", f"ODP gave up {count} events older than {self.settings.max_event_age:g}s "
+                self._log("error", f"ODP gave up {count} events older than {seconds(self.settings.max_event_age)}s "
                                    f"(destination {dest.integration.host}).", "notices of events given up as too old")
                 self._give_up(count, DiscardReason.EXPIRED, [i for b in expired for i in b.spool_ids or ()],
                               sum(batch.memory for batch in expired), dest.integration.host)

@@ -44,7 +44,7 @@ from optimizely_odp_ext.managers.base import DEFAULT_FLUSH_TIMEOUT, EventManager
 from optimizely_odp_ext.managers.batching import Batch, Destination, Encoded, Waiting, seal
 from optimizely_odp_ext.managers.ledger import DeliveryLedger, Fate
 from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
-from optimizely_odp_ext.settings import ManagerSettings, SettingError
+from optimizely_odp_ext.settings import ManagerSettings, SettingError, seconds
 from optimizely_odp_ext.transport import OutcomeKind, Transport
 
 Mode = Literal["batch", "per_call"]
@@ -195,7 +195,7 @@ class SyncEventManager(EventManager):
         self._emit(output)
         if left or in_flight:
             self.logger.error(f"ODP event manager closed with {left + in_flight} events undelivered "
-                              f"(timeout {limit:g}s).")
+                              f"(timeout {seconds(limit)}s).")
         self._log_limiter.flush()
         self._transport.close()
         lifecycle.untrack(self)

@@ -124,10 +124,15 @@ def test_settings_come_from_arguments_then_environment(monkeypatch: pytest.Monke
 @pytest.mark.parametrize(
     ("arguments", "environment", "message"),
     [
-        ({"batch_size": 501}, {}, "argument batch_size must be at most 500"),
-        ({"batch_size": "10"}, {}, "argument batch_size must be int"),
-        ({}, {"OPTIMIZELY_ODP_MAX_IN_FLIGHT": "many"}, "OPTIMIZELY_ODP_MAX_IN_FLIGHT='many' is not valid"),
-        ({}, {"OPTIMIZELY_ODP_FLUSH_INTERVAL": "-1"}, "OPTIMIZELY_ODP_FLUSH_INTERVAL must be at least 0"),
+        ({"batch_size": 501}, {}, "argument batch_size must be a whole number from 1 to 500, not 501"),
+        ({"batch_size": "10"}, {}, "argument batch_size must be a whole number from 1 to 500, not str: '10'"),
+        ({}, {"OPTIMIZELY_ODP_MAX_IN_FLIGHT": "many"},
+         "OPTIMIZELY_ODP_MAX_IN_FLIGHT='many' is not valid: max_in_flight must be a whole number from 1 to 64"),
+        ({}, {"OPTIMIZELY_ODP_FLUSH_INTERVAL": "-1"},
+         "OPTIMIZELY_ODP_FLUSH_INTERVAL must be a number from 0 to 3600, not -1.0"),
+        ({"spool_url": "redis://user:hunter2@localhost/0", "spool_path": "/tmp/x"}, {},
+         "spool_path and spool_url cannot both be set"),
+        ({}, {"OPTIMIZELY_ODP_DELIVER": "0"}, "deliver=False needs a shared spool (spool_url)"),
         ({"no_such_setting": 1}, {}, "unknown ODP event manager setting(s): no_such_setting"),
     ],
 )
@@ -138,6 +143,17 @@ def test_bad_settings_name_the_setting(monkeypatch: pytest.MonkeyPatch, argument
     with pytest.raises(SettingError) as raised:
         BatchEventManager(**arguments)
     assert message in str(raised.value)
+    assert "hunter2" not in str(raised.value)
+
+
+def test_a_spool_url_with_a_password_is_masked_in_a_setting_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPTIMIZELY_ODP_SPOOL_URL", "redis://:hunter2@localhost:6379/0")
+    monkeypatch.setenv("OPTIMIZELY_ODP_CLAIM_AFTER", "soon")
+    with pytest.raises(SettingError, match="claim_after must be a number from 0.1 to 86400"):
+        BatchEventManager()
+    with pytest.raises(SettingError) as raised:
+        BatchEventManager(spool_url=1234)  # type: ignore[arg-type]
+    assert "hunter2" not in str(raised.value)
 
 
 def test_stats_after_a_burst_show_batches_and_requests(make_client: ClientFactory, collector: OdpCollector,

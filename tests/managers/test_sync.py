@@ -351,8 +351,8 @@ def test_settings_resolve_like_the_batch_manager(monkeypatch: pytest.MonkeyPatch
 
 @pytest.mark.parametrize(("arguments", "message"), [
     ({"mode": "sometimes"}, "argument mode must be one of 'batch', 'per_call'"),
-    ({"batch_size": 501}, "argument batch_size must be at most 500"),
-    ({"max_queue_events": 0}, "argument max_queue_events must be at least 1"),
+    ({"batch_size": 501}, "argument batch_size must be a whole number from 1 to 500, not 501"),
+    ({"max_queue_events": 0}, "argument max_queue_events must be a whole number of at least 1, not 0"),
 ])
 def test_bad_settings_name_the_setting(arguments: dict[str, Any], message: str) -> None:
     with pytest.raises(SettingError) as raised:
