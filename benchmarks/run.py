@@ -4,7 +4,7 @@ optimizely-sdk (and the previous release) in the same run; writes RESULTS.md and
 Run by hand (not in CI), from the repository root, in a venv with ``pip install -e '.[dev,bench]'``
 (``dev`` brings ujson, the ``[fast]`` extra, and ``bench`` matplotlib)::
 
-    python benchmarks/run.py                 # the full set (~12-15 min on 2 busy cores), writes RESULTS.md
+    python benchmarks/run.py                 # the full set (~15 min on 2 busy cores), writes RESULTS.md
     python benchmarks/run.py --quick         # a smoke run (~3 min), prints only
     python benchmarks/run.py --only drain burst --no-write
 
@@ -90,7 +90,8 @@ def render(parts: dict[str, Any], info: dict[str, str], command: str, date: str,
         f"- Load average (1/5/15 min) at the start: {loads[0]}; at the end: {loads[1]}. The machine is shared "
         "with other work: compare the clients side by side (the ratios of one run), not absolute figures "
         "across runs or days.",
-        f"- Repetitions: {repeat} of the noisy scenarios (median reported); whole run {elapsed / 60:.1f} min"
+        f"- Repetitions: {repeat} of the runs the verdicts rest on (median reported; see each table); whole run "
+        f"{elapsed / 60:.1f} min"
         + (" — **quick smoke run: the sizes are too small for the verdicts to mean anything**" if quick else ""),
         "",
         "## Goals",
