@@ -376,7 +376,9 @@ SECTION_INTRO = """# Long runs: outage, kill -9 restart, soak (benchmarks/outage
 Each scenario was run by hand with the command shown; its subsection is replaced when it runs
 again with `--write`. The machine is shared and noisy (2 cores): rates are approximate (the
 clients pace themselves in 10 ms steps); counts are exact. Delivered = unique idempotence ids
-accepted (202) by the local collector; lost = accepted (or sent) − delivered."""
+accepted (202) by the local collector; lost = accepted (or sent) − delivered. Each subsection keeps
+the command and the code of the run that wrote it (runs before the split of the benchmarks were
+`soak.py <scenario>`, now `outage.py`, `spool_restart.py`, `soak.py`)."""
 
 
 def write_results(path: Path, scenario: str, content: str) -> None:
