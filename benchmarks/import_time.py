@@ -1,0 +1,182 @@
+"""Import and construction time, whole process (issue 10, goal 5).
+
+Each figure is the wall time of a whole ``python -c ...`` process (interpreter start, imports,
+building a client from a datafile with an ODP integration, interpreter exit), the median of
+``--runs`` runs; the variants take turns, so a change in the machine's load hits all of them:
+
+- official: ``from optimizely.optimizely import Optimizely; Optimizely(datafile=...)``
+- ours: ``import optimizely_odp_ext; from optimizely_odp_ext import OdpOptimizely;
+  OdpOptimizely(datafile=...)`` (no spool: the default)
+- ours 0.1.0: the same with the previous release's package
+- bare interpreter: ``python -c pass`` (what every process pays before any import)
+
+Goal: ours ≤ 1.05× the official. The modules ours loads that the official does not come from
+``sys.modules`` after each; their import time from ``python -X importtime`` (self time, µs).
+
+Run alone (prints only)::
+
+    python benchmarks/import_time.py --runs 15
+"""
+
+# ruff: noqa: RUF001, RUF002
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import common
+
+CODE = {
+    "official": "import sys\nfrom optimizely.optimizely import Optimizely\n"
+                "client = Optimizely(datafile=open(sys.argv[1]).read())",
+    "ours": "import sys\nimport optimizely_odp_ext\nfrom optimizely_odp_ext import OdpOptimizely\n"
+            "client = OdpOptimizely(datafile=open(sys.argv[1]).read())",
+    "bare": "pass",
+}
+VARIANTS = ("bare", "official", "ours", "ours-0.1.0")
+GOAL_RATIO = 1.05
+MODULES = "\nimport json as _j, sys as _s\nprint('MODULES ' + _j.dumps(sorted(_s.modules)))"
+
+
+@dataclass
+class ImportResults:
+    times: dict[str, list[float]] = field(default_factory=dict)
+    extra_modules: list[str] = field(default_factory=list)
+    """Modules ours loads and the official does not (top-level packages first)."""
+    extra_self_us: dict[str, int] = field(default_factory=dict)
+    previous_extra: list[str] = field(default_factory=list)
+
+    def med(self, variant: str) -> float | None:
+        return common.median(self.times.get(variant, []))
+
+
+def _command(variant: str, datafile: Path, extra: str = "",
+             flags: tuple[str, ...] = ()) -> tuple[list[str], dict[str, str]]:
+    env = dict(os.environ)
+    env.pop(common.PACKAGE_VARIABLE, None)
+    env.pop("PYTHONPATH", None)
+    code = CODE["ours" if variant == "ours-0.1.0" else variant] + extra
+    if variant == "ours-0.1.0":
+        package = common.previous_package()
+        if package is None:
+            raise RuntimeError("the previous release's code could not be extracted (git archive)")
+        env["PYTHONPATH"] = str(package)
+    return [sys.executable, *flags, "-c", code, str(datafile)], env
+
+
+def _datafile() -> Path:
+    from optimizely_odp_ext.testing import sample_datafile
+
+    path = Path(tempfile.gettempdir()) / "odp-bench-import-datafile.json"
+    path.write_text(json.dumps(sample_datafile(host="http://127.0.0.1:9", api_key=common.API_KEY)))
+    return path
+
+
+def _modules(variant: str, datafile: Path) -> set[str]:
+    command, env = _command(variant, datafile, MODULES)
+    out = subprocess.run(command, env=env, cwd=tempfile.gettempdir(), capture_output=True, text=True, timeout=60,
+                         check=True).stdout
+    line = next(line for line in out.splitlines() if line.startswith("MODULES "))
+    return set(json.loads(line[len("MODULES "):]))
+
+
+def _self_times(variant: str, datafile: Path) -> dict[str, int]:
+    command, env = _command(variant, datafile, flags=("-X", "importtime"))
+    err = subprocess.run(command, env=env, cwd=tempfile.gettempdir(), capture_output=True, text=True, timeout=60,
+                         check=True).stderr
+    times: dict[str, int] = {}
+    for line in err.splitlines():
+        if not line.startswith("import time:") or "self [us]" in line:
+            continue
+        self_us, _cumulative, name = (part.strip() for part in line[len("import time:"):].split("|"))
+        times[name.strip()] = int(self_us)
+    return times
+
+
+def run(runs: int = 15, results: ImportResults | None = None) -> ImportResults:
+    results = results or ImportResults()
+    datafile = _datafile()
+    commands = {variant: _command(variant, datafile) for variant in VARIANTS}
+    common.progress(f"[import] {runs} runs of each of {', '.join(VARIANTS)}")
+    for i in range(runs):
+        order = VARIANTS[i % len(VARIANTS):] + VARIANTS[:i % len(VARIANTS)]
+        for variant in order:
+            command, env = commands[variant]
+            started = time.perf_counter()
+            subprocess.run(command, env=env, cwd=tempfile.gettempdir(), check=True, timeout=60,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            results.times.setdefault(variant, []).append(time.perf_counter() - started)
+    official = _modules("official", datafile)
+    ours = _modules("ours", datafile)
+    results.extra_modules = sorted(ours - official, key=lambda name: (not name.startswith("optimizely_odp_ext"),
+                                                                        name))
+    results.previous_extra = sorted(_modules("ours-0.1.0", datafile) - official)
+    self_times = _self_times("ours", datafile)
+    results.extra_self_us = {name: self_times.get(name, 0) for name in results.extra_modules}
+    return results
+
+
+def goal(results: ImportResults) -> tuple[bool, str, float | None]:
+    r = common.ratio(results.med("ours"), results.med("official"))
+    if r is None:
+        return False, "not measured", None
+    return r <= GOAL_RATIO, (f"{common.fmt_ratio(r)}: {results.med('ours') * 1000:.0f} vs "
+                             f"{results.med('official') * 1000:.0f} ms (whole process, median of "
+                             f"{len(results.times['ours'])})"), r
+
+
+def render(results: ImportResults) -> str:
+    bare = results.med("bare") or 0.0
+    official = results.med("official")
+    out = ["### Import and construction time (whole process)", "",
+           f"Median wall time of {len(results.times.get('ours', []))} runs of each, taking turns. Goal: ours ≤ "
+           "1.05× the official.", ""]
+    rows = []
+    for variant in VARIANTS:
+        value = results.med(variant)
+        if value is None:
+            continue
+        times = sorted(results.times[variant])
+        rows.append([{"bare": "bare interpreter (`python -c pass`)"}.get(variant, common.LABELS.get(variant, variant)),
+                     f"{value * 1000:.0f}", f"{times[0] * 1000:.0f}–{times[-1] * 1000:.0f}",
+                     "" if variant == "bare" else common.fmt_ratio(common.ratio(value, official)),
+                     "" if variant == "bare" else common.fmt_ratio(common.ratio(value - bare, (official or 0) - bare))])
+    out.append(common.table(["process", "median ms", "range ms", "/ official", "/ official, net of the bare "
+                             "interpreter"], rows))
+    ours_modules = [m for m in results.extra_modules if m.startswith("optimizely_odp_ext")]
+    others = [m for m in results.extra_modules if not m.startswith("optimizely_odp_ext")]
+    total = sum(results.extra_self_us.values())
+    out += ["", f"Modules ours loads that the official does not ({len(results.extra_modules)}, "
+            f"{total / 1000:.1f} ms of import self time in one `-X importtime` run):", "",
+            f"- ours ({len(ours_modules)}): " + ", ".join(
+                f"`{m.removeprefix('optimizely_odp_ext.')}` {results.extra_self_us.get(m, 0) / 1000:.1f}"
+                for m in ours_modules),
+            f"- others ({len(others)}): " + (", ".join(
+                f"`{m}` {results.extra_self_us.get(m, 0) / 1000:.1f}" for m in others) or "none"),
+            f"- the previous release loaded {len(results.previous_extra)} modules the official does not, "
+            f"{len([m for m in results.previous_extra if not m.startswith('optimizely_odp_ext')])} of them outside "
+            "the package" + (": " + ", ".join(f"`{m}`" for m in results.previous_extra
+                                              if not m.startswith("optimizely_odp_ext")) if results.previous_extra
+                             else "")]
+    return "\n".join(out) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=15)
+    args = parser.parse_args()
+    results = run(args.runs)
+    print(render(results))
+    print("-", goal(results)[1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
