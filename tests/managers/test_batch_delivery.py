@@ -149,7 +149,7 @@ def test_bad_settings_name_the_setting(monkeypatch: pytest.MonkeyPatch, argument
 def test_a_spool_url_with_a_password_is_masked_in_a_setting_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPTIMIZELY_ODP_SPOOL_URL", "redis://:hunter2@localhost:6379/0")
     monkeypatch.setenv("OPTIMIZELY_ODP_CLAIM_AFTER", "soon")
-    with pytest.raises(SettingError, match="claim_after must be a number from 0.1 to 86400"):
+    with pytest.raises(SettingError, match=r"claim_after must be a number from 0\.1 to 86400"):
         BatchEventManager()
     with pytest.raises(SettingError) as raised:
         BatchEventManager(spool_url=1234)  # type: ignore[arg-type]
