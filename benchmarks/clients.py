@@ -58,7 +58,8 @@ def encoder_in_use() -> str:
         from optimizely_odp_ext import encoding
     except ImportError:
         return "json (0.1.0 has no choice)"
-    return str(getattr(encoding, "ENCODER", "json"))
+    name = getattr(encoding, "encoder_name", None)
+    return str(name() if callable(name) else getattr(encoding, "ENCODER", "json"))
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:

@@ -31,8 +31,9 @@ CHUNK_BYTES = 64 * 1024
 between calls."""
 
 _ENCODER_VARIABLE = "OPTIMIZELY_ODP_ENCODER"
-_UJSON_DIFFERS = re.compile(r"e[-+]\d[,}\]]|\x7f")
-"""Where ujson's output may differ from the standard library's (see the module docstring)."""
+_ONE_DIGIT_EXPONENT = re.compile(r"e-\d[,}\]]")
+"""A float ujson writes as ``1e-7`` where the standard library writes ``1e-07`` (Python's repr
+writes an exponent only below 1e-4 or from 1e16, so only negative ones have one digit)."""
 
 Dumps = Callable[[Any], str]
 
@@ -52,17 +53,38 @@ def _load_ujson() -> Dumps | None:
 
     def dumps(value: Any) -> str:
         text: str = ujson_dumps(value, ensure_ascii=True, escape_forward_slashes=False, separators=(", ", ": "))
-        if _UJSON_DIFFERS.search(text):
-            return json.dumps(value)
+        if "\x7f" in text or ("e-" in text and _ONE_DIGIT_EXPONENT.search(text)):
+            return json.dumps(value)  # see the module docstring: these are written differently
         return text
 
     return dumps
 
 
-_fast = _load_ujson()
-_dumps: Dumps = _fast or _stdlib_dumps
-ENCODER: str = "ujson" if _fast else "json"
-"""The encoder in use: ``"ujson"`` (the ``[fast]`` extra) or ``"json"`` (the standard library)."""
+def _choose() -> Dumps:
+    """The encoder, chosen on first use (importing ujson waits until something is encoded)."""
+    global _dumps, ENCODER
+    fast = _load_ujson()
+    if fast is not None:
+        ENCODER = "ujson"
+    _dumps = fast or _stdlib_dumps
+    return _dumps
+
+
+def _first_dumps(value: Any) -> str:
+    return _choose()(value)
+
+
+_dumps: Dumps = _first_dumps
+ENCODER: str = "json"
+"""The encoder in use once something was encoded (:func:`encoder_name` tells at any time):
+``"ujson"`` (the ``[fast]`` extra) or ``"json"`` (the standard library)."""
+
+
+def encoder_name() -> str:
+    """The encoder this process uses: ``"ujson"`` or ``"json"``."""
+    if _dumps is _first_dumps:
+        _choose()
+    return ENCODER
 
 
 def encode(value: Any) -> bytes:
@@ -70,17 +92,19 @@ def encode(value: Any) -> bytes:
     return _dumps(value).encode()
 
 
-def encode_list(values: Sequence[Any], size_hint: int) -> bytes:
-    """``json.dumps(list(values))`` as bytes, in chunks of about :data:`CHUNK_BYTES`
-    (``size_hint``: the expected bytes per value), yielding the GIL between chunks."""
+def encode_list(values: Sequence[Any], size_hint: int, convert: Callable[[Any], Any] | None = None) -> bytes:
+    """``json.dumps([convert(v) for v in values])`` as bytes (``convert`` default: none), in
+    chunks of about :data:`CHUNK_BYTES` (``size_hint``: the expected bytes per value),
+    converting one chunk at a time and yielding the GIL between chunks."""
     per_chunk = max(1, CHUNK_BYTES // max(1, size_hint))
     if len(values) <= per_chunk:
-        return _dumps(values if isinstance(values, list) else list(values)).encode()
+        return _dumps([convert(v) for v in values] if convert else list(values)).encode()
     parts = []
     for start in range(0, len(values), per_chunk):
         if start:
             time.sleep(0)  # let an application thread that waits for the GIL have it
-        parts.append(_dumps(list(values[start:start + per_chunk]))[1:-1])
+        chunk = values[start:start + per_chunk]
+        parts.append(_dumps([convert(v) for v in chunk] if convert else list(chunk))[1:-1])
     return ("[" + ", ".join(parts) + "]").encode()
 
 

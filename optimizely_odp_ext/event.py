@@ -80,9 +80,10 @@ def wire_data(data: Pairs | None) -> OdpData:
     return wire
 
 
-def wire_dict(type: str, action: str, identifiers: Pairs, data: Pairs | None) -> dict[str, Any]:
-    """One event as ODP receives it, in the official client's key order."""
-    return {"type": type, "action": action, "identifiers": dict(identifiers), "data": wire_data(data)}
+def wire_dict(type: str, action: str, identifiers: dict[str, Any], data: Pairs | None) -> dict[str, Any]:
+    """One event as ODP receives it, in the official client's key order (``identifiers`` is
+    used as it is, not copied: it is the event's own copy)."""
+    return {"type": type, "action": action, "identifiers": identifiers, "data": wire_data(data)}
 
 
 class InvalidEventError(ValueError):

@@ -171,7 +171,11 @@ def test_gunicorn_preloaded_workers_deliver_every_event_once_at_exit(
             assert requests.get(f"{url}/buy", params={"user": f"u{i}"}, timeout=10).json()["odp"] == "accepted"
         assert collector.event_count() == 0, "workers hold their events until they exit"
         server.send_signal(signal.SIGTERM)
-        rest = server.communicate(timeout=30)[1]
+        try:
+            rest = server.communicate(timeout=30)[1]
+        except subprocess.TimeoutExpired:
+            server.kill()
+            pytest.fail("gunicorn did not stop within 30 s of SIGTERM:\n" + "".join(lines) + server.communicate()[1])
     finally:
         watchdog.cancel()
         server.kill()

@@ -17,28 +17,31 @@ import functools
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from optimizely_odp_ext import encoding
 from optimizely_odp_ext.event import OdpEvent
 from optimizely_odp_ext.integration import OdpIntegration
 from optimizely_odp_ext.managers import lifecycle
 from optimizely_odp_ext.managers.base import DEFAULT_FLUSH_TIMEOUT, EventManager
-from optimizely_odp_ext.managers.batching import OBJECT_OVERHEAD, Encoded, json_size_estimate, queued
+from optimizely_odp_ext.managers.batching import Encoded, json_size_estimate, object_size, queued
 from optimizely_odp_ext.managers.fleet import FleetJobs
 from optimizely_odp_ext.managers.jobs import DeliveryJobs
-from optimizely_odp_ext.managers.spool_link import SpoolLink
 from optimizely_odp_ext.managers.state import ENCODED_OVERHEAD, encoded_memory, seq_of
 from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
 from optimizely_odp_ext.settings import ManagerSettings, seconds
 from optimizely_odp_ext.spool import Spool, SpoolRecord
-from optimizely_odp_ext.spool.opening import SpoolProblem, open_configured_spool
+
+if TYPE_CHECKING:  # imported when a spool is configured: a manager without one loads neither
+    from optimizely_odp_ext.managers.spool_link import SpoolLink
+    from optimizely_odp_ext.spool.opening import SpoolProblem
 
 SAMPLE_EVERY_MASK = 63
 """One event in 64 has its size measured at send (the mean size it counts for, until its batch
 is encoded, follows a burst of larger events within 64 events)."""
 SPAWN_LATENCY = 0.005
-"""Seconds a request must take, on average, before a second worker is worth its GIL contention."""
+"""Seconds a request must take, on average, before a second worker is worth its GIL contention
+(and, with ``n`` workers, at least ``2 n`` times what encoding a batch takes)."""
 CLAIM_CHUNK = 5000
 """Events a previous run left in the spool, read per call."""
 
@@ -71,9 +74,13 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
         self._closed = False
         self._spool_problem: SpoolProblem | None = None
         self._link: SpoolLink | None = None
-        if spool is None:
+        if spool is None and (self.settings.spool_path or self.settings.spool_url):
+            from optimizely_odp_ext.spool.opening import open_configured_spool
+
             spool, self._spool_problem = open_configured_spool(self.settings)
         if spool is not None:
+            from optimizely_odp_ext.managers.spool_link import SpoolLink
+
             self._link = SpoolLink(spool, self.logger)
         self._init_runtime_state()
         lifecycle.track(self)
@@ -112,25 +119,26 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
         self._sampled += 1
         if not self._sampled & SAMPLE_EVERY_MASK:  # now and then, measure one (a burst of large events)
             self._json_estimate = max(self._json_estimate - self._json_estimate // 8, json_size_estimate(event))
-        estimate = self._json_estimate + OBJECT_OVERHEAD
+        size = object_size(self._json_estimate, event)
         s = self.settings
         with self._lock:
             if self._closed:
                 return _closed_result()
             if (self._held >= s.max_queue_events
-                    or self._unencoded * estimate + self._encoded_bytes + estimate > s.max_queue_bytes):
+                    or self._memory() + size > s.max_queue_bytes):
                 return _queue_full_result(s)
             self._held += 1
-            self._unencoded += 1
+            self._unencoded_bytes += size
+            self._unencoded_count += 1
             self._accepted += 1
             seq = self._next_seq
             self._next_seq = seq + 1
             if self._fleet:
-                self._to_store.append((integration, queued(seq, event)))
+                self._to_store.append((integration, queued(seq, event, size)))
                 start = self._wake_for(len(self._to_store))
             else:
                 dest = self._destination(integration)
-                dest.waiting.append(queued(seq, event))
+                dest.waiting.append(queued(seq, event, size))
                 start = self._wake_for(len(dest.waiting))
         if start:
             self._start_worker()
@@ -337,7 +345,7 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
     def _reserve_worker(self) -> bool:
         """Count one more worker if one may start (lock held); the caller then calls
         :meth:`_start_worker` once it released the lock (starting a thread waits for it)."""
-        if self._stopping or self._workers >= self.settings.max_in_flight:
+        if self._stopping or self._workers > self.settings.max_in_flight:
             return False
         self._workers += 1
         return True
@@ -415,9 +423,12 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
         return None
 
     def _more_hands(self) -> None:
-        """A worker took a job: when requests are slow (while one waits for ODP another could
-        encode and send), work is left and nobody is free, start another worker (lock held)."""
-        if self._idle or self._request_time < SPAWN_LATENCY or self._workers >= self.settings.max_in_flight:
+        """A worker took a job: when work is left, nobody is free, and requests wait on ODP long
+        enough that another worker would encode meanwhile, start one (lock held). Up to
+        ``max_in_flight + 1`` workers: one can encode ahead while ``max_in_flight`` wait."""
+        waiting = self._request_time
+        if (self._idle or waiting < SPAWN_LATENCY or waiting < 2 * self._encode_time * self._workers
+                or self._workers > self.settings.max_in_flight):
             return
         if any(d.ready or d.waiting for d in self._ledger.destinations.values()) and self._reserve_worker():
             self._lock.release()
@@ -457,6 +468,8 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
         spool that allows one process belongs to the process that opened it."""
         if self._link is not None and not self._link.shared:
             self._link = None
+            from optimizely_odp_ext.spool.opening import SpoolProblem
+
             self._spool_problem = SpoolProblem.lost_in_fork()
         self._init_runtime_state()
 

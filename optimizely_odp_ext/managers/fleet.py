@@ -119,7 +119,7 @@ class FleetJobs(ManagerState):
         ids = self._link.append(records) if records else []
         with self._lock:
             self._store_in_progress = []
-            self._unencoded -= sum(1 for _, item in items if type(item) is tuple)
+            self._forget_objects([item for _, item in items])
             self._encoded_bytes -= encoded_memory([item for _, item in items])
             if failed:
                 self._log("error", f"ODP: {failed} events could not be encoded and are dropped.")
@@ -235,7 +235,7 @@ class FleetJobs(ManagerState):
             self._to_store = []
             self._held -= len(kept) + len(unstored)
             self._released += len(kept)
-            self._unencoded -= sum(1 for _, item in unstored if type(item) is tuple)
+            self._forget_objects([item for _, item in unstored])
             self._encoded_bytes -= encoded_memory([item for _, item in unstored])
             self._ledger.drop(len(unstored), DiscardReason.SHUTDOWN)
         return len(unstored)

@@ -33,18 +33,20 @@ class DeliveryJobs(ManagerState):
 
     def _seal_batch(self, dest: Destination, token: int, items: list[Waiting]) -> None:
         """Encode waiting events into batches (no lock), then make them ready."""
-        objects = sum(1 for item in items if type(item) is tuple)
         memory_of_encoded = encoded_memory(items)
         failed: list[Waiting] = []
+        started = time.monotonic()
         try:
             batches = self._fit(seal(dest.integration, items, self._json_estimate))
         except (TypeError, ValueError, OverflowError, RecursionError):
             batches, failed = self._seal_one_by_one(dest.integration, items)
+        took = time.monotonic() - started
         with self._lock:
+            self._encode_time += (took - self._encode_time) * 0.25
             del self._ledger.sealing[token]
             dest.sealing -= 1
             self._sealing_events -= len(items)
-            self._unencoded -= objects
+            self._forget_objects(items)
             self._encoded_bytes -= memory_of_encoded
             events = sum(batch.count for batch in batches)
             if events:
@@ -80,8 +82,8 @@ class DeliveryJobs(ManagerState):
         failed: list[Waiting] = []
         for item in items:
             try:
-                good.append(item if type(item) is Encoded else Encoded(
-                    item[0], item[1], encoding.encode(to_wire(item)), 0))  # type: ignore[arg-type]
+                good.append(item if isinstance(item, Encoded) else Encoded(
+                    item[0], item[1], encoding.encode(to_wire(item)), 0))
             except (TypeError, ValueError, OverflowError, RecursionError):
                 failed.append(item)
         batches = self._fit(seal(integration, good, self._json_estimate)) if good else []

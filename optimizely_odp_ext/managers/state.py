@@ -10,18 +10,20 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from optimizely_odp_ext import notifications
 from optimizely_odp_ext.integration import OdpIntegration
 from optimizely_odp_ext.logs import LogRateLimiter
 from optimizely_odp_ext.managers.batching import OBJECT_OVERHEAD, Batch, Destination, Encoded, Waiting
 from optimizely_odp_ext.managers.ledger import DeliveryLedger
-from optimizely_odp_ext.managers.spool_link import SpoolLink
 from optimizely_odp_ext.result import DiscardReason
 from optimizely_odp_ext.settings import ManagerSettings
 from optimizely_odp_ext.spool import SpooledEvent, SpoolId
 from optimizely_odp_ext.transport import Transport
+
+if TYPE_CHECKING:
+    from optimizely_odp_ext.managers.spool_link import SpoolLink
 
 ENCODED_OVERHEAD = 120
 """Bytes an already encoded event waiting for its batch takes beyond its JSON."""
@@ -63,8 +65,10 @@ class ManagerState:
         self._recovered = 0
         self._held = 0
         """Events accepted or recovered and not resolved yet, wherever they are (in flight too)."""
-        self._unencoded = 0
-        """Of those, the events still held as the caller's objects."""
+        self._unencoded_bytes = 0
+        """What the events still held as the caller's objects counted against max_queue_bytes
+        when they were accepted."""
+        self._unencoded_count = 0
         self._encoded_bytes = 0
         """Memory of the rest (encoded events and batches), as counted against max_queue_bytes."""
         self._json_estimate = 300
@@ -83,6 +87,8 @@ class ManagerState:
         self._workers = 0
         self._idle = 0
         self._request_time = 0.0
+        self._encode_time = 0.0
+        """Mean time encoding a batch took lately."""
         """Mean duration of a request lately: more workers only help when requests are slow."""
         self._flushing = 0
         self._stopping = False
@@ -120,7 +126,18 @@ class ManagerState:
 
     # -- memory and room -------------------------------------------------------------------------
     def _memory(self) -> int:
-        return self._unencoded * (self._json_estimate + OBJECT_OVERHEAD) + self._encoded_bytes
+        return self._objects_memory() + self._encoded_bytes
+
+    def _objects_memory(self) -> int:
+        """What the events not encoded yet count against max_queue_bytes: each as counted when
+        accepted, or all at today's mean size if that is more (a burst of larger events shows in
+        the mean, through a sampled event, before its earlier events are encoded)."""
+        return max(self._unencoded_bytes, self._unencoded_count * (self._json_estimate + OBJECT_OVERHEAD))
+
+    def _forget_objects(self, items: Sequence[Waiting]) -> None:
+        """Events not encoded yet leave (encoded, stored or dropped): their memory is released."""
+        self._unencoded_count -= sum(1 for item in items if type(item) is tuple)
+        self._unencoded_bytes -= object_memory(items)
 
     def _room(self) -> int:
         return max(0, self.settings.max_queue_events - self._held)
@@ -204,11 +221,11 @@ class ManagerState:
         dropped = 0
         kept: list[SpoolId] = []
         for dest in self._ledger.destinations.values():
+            self._forget_objects(dest.waiting)
             for item in dest.waiting:
-                if type(item) is tuple:
-                    self._unencoded -= 1
+                if not isinstance(item, Encoded):
                     dropped += 1
-                elif isinstance(item, Encoded):
+                else:
                     self._encoded_bytes -= len(item.body) + ENCODED_OVERHEAD
                     if item.spool_id:
                         kept.append(item.spool_id)
@@ -262,6 +279,11 @@ class ManagerState:
 
 def spool_ids(items: Sequence[Waiting]) -> list[SpoolId]:
     return [item.spool_id for item in items if isinstance(item, Encoded) and item.spool_id]
+
+
+def object_memory(items: Sequence[Waiting]) -> int:
+    """What the events among ``items`` not encoded yet count against ``max_queue_bytes``."""
+    return sum(item[6] for item in items if type(item) is tuple)  # type: ignore[misc]
 
 
 def encoded_memory(items: Sequence[Waiting]) -> int:

@@ -54,10 +54,10 @@ def test_a_queue_full_refusal_does_not_wait_while_a_worker_encodes(
     entered, release = threading.Event(), threading.Event()
     real_encode_list = encoding.encode_list
 
-    def slow_encode_list(values: Any, size_hint: int) -> bytes:
+    def slow_encode_list(values: Any, size_hint: int, convert: Any = None) -> bytes:
         entered.set()
         release.wait(30)
-        return real_encode_list(values, size_hint)
+        return real_encode_list(values, size_hint, convert)
 
     monkeypatch.setattr(encoding, "encode_list", slow_encode_list)
     integration = OdpIntegration(collector.url, API_KEY)
