@@ -254,6 +254,7 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
                 return self._close_result
             self._closed = True
         limit = self.settings.close_timeout if timeout is None else max(0.0, timeout)
+        deadline = time.monotonic() + limit
         delivered_all = self.flush(limit)
         with self._lock:
             self._stopping = self._finished = True
@@ -269,6 +270,7 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
             link.ack(acks)
         if link is not None and link.shared:
             dropped += self._give_back(kept)
+            in_flight = self._settle(deadline)
         self._close_result = delivered_all and not dropped and not kept and not in_flight
         if dropped or kept or in_flight:
             if link is not None and link.shared:
@@ -285,6 +287,18 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
             self._link.close()
         lifecycle.untrack(self)
         return self._close_result
+
+    def _settle(self, deadline: float) -> int:
+        """At close, in a fleet (lock released): wait until the requests under way ended, or
+        ``deadline``, so that what ODP acknowledges is acknowledged in the shared spool before it
+        closes (else another member delivers it again). Returns the events still in flight."""
+        with self._lock:
+            while self._ledger.in_flight_events + self._sealing_events:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._done.wait(remaining)
+            return self._ledger.in_flight_events + self._sealing_events
 
     def stats(self) -> dict[str, Any]:
         """A snapshot of the counters. Non-blocking; thread-safe."""
