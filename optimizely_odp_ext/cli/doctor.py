@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from optimizely_odp_ext import __version__, compat
+from optimizely_odp_ext.cli import spool_redis
 from optimizely_odp_ext.cli.common import EXIT_FAILED, EXIT_OK, plural
 from optimizely_odp_ext.cli.delivery import Delivery, deliver
 from optimizely_odp_ext.cli.session import (
@@ -20,6 +21,7 @@ from optimizely_odp_ext.cli.session import (
 from optimizely_odp_ext.event import DEFAULT_EVENT_TYPE
 from optimizely_odp_ext.integration import IntegrationState, OdpIntegration, mask_key
 from optimizely_odp_ext.settings import ENV_PREFIX, SETTINGS, ManagerSettings, odp_disabled_by_environment
+from optimizely_odp_ext.spool.urls import mask_url
 
 DOCTOR_ACTION = "doctor_test"
 DOCTOR_IDENTIFIERS = {"fs_user_id": "optimizely-odp-doctor"}
@@ -64,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
         warnings.append("no datafile given (--datafile, --sdk-key or --datafile-url): the ODP integration "
                         "is unknown")
     try:
+        redis_line, redis_failed = spool_redis.doctor_check(settings, session, warnings)
         if session is not None:
             config = session.wait_for_datafile()
             revision = f" (revision {getattr(config, 'revision', '?')})" if config is not None else ""
@@ -96,10 +99,13 @@ def run(args: argparse.Namespace) -> int:
         where = {"argument": f"argument (--set {setting.name})",
                  "environment": f"environment ({setting.env_var})"}.get(source, source)
         value = getattr(settings, setting.name)
+        value = mask_url(value) if setting.secret and isinstance(value, str) else value  # spool_url's password
         print(f"  {setting.name:<23}{'-' if value is None else value!s:<12}{where}")
     spool_line = _spool(settings.spool_path, warnings)
     if spool_line:
         print(f"spool: {spool_line}")
+    if redis_line:
+        print(f"spool: {redis_line}")
     if warnings:
         print("warnings:")
         for warning in warnings:
@@ -114,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
             if not delivery.delivered:
                 print(f"  not delivered: {delivery.problem}")
             healthy = healthy and delivery.delivered
+    healthy = healthy and not redis_failed
     if healthy:
         print(f"status: OK, ODP events go to {integration.host if integration else '-'}")
         return EXIT_OK
