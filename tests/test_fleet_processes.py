@@ -30,6 +30,7 @@ from scripted import (
 from optimizely_odp_ext.testing import OdpCollector, sample_datafile
 from optimizely_odp_ext.testing.redis_server import RedisServer
 
+STREAM = "optimizely-odp:events"
 STORE_CHUNK = 100
 """Events one append stores (fleet.STORE_CHUNK): the most an ambiguous append can duplicate."""
 
@@ -190,7 +191,9 @@ def test_redis_down_at_start_and_mid_run_the_app_keeps_working_and_every_event_a
     assert stats["slowest"] < 1.0, "send_odp_event never waited for Redis (its calls wait up to 5 s)"
     arrived = users(collector)
     assert set(arrived) == {f"paced-{i}" for i in range(stats["sent"])}, "every event arrived"
-    assert collector.duplicates() == {}, "a Redis that refuses connections leaves no append in doubt"
+    # A stop (SHUTDOWN) can close the connection after Redis executed an append but before its
+    # reply went out: that group is appended again, a duplicate with the same idempotence ids.
+    assert sum(arrived.values()) - stats["sent"] <= 2 * STORE_CHUNK and set(collector.duplicates().values()) <= {2}
 
 
 PRODUCER = """
@@ -223,8 +226,9 @@ def test_a_producer_only_process_and_two_relays_deliver_each_event_once_and_sigt
     first, second = relays
     first.process.send_signal(signal.SIGTERM)  # mid-run: it finishes its requests, hands back the rest
     assert first.wait(20) == 0, first.stderr
-    assert collector.wait_for_events(20_000, timeout=30), ("what the first relay handed back is taken at "
-                                                           "once, not after --claim-after 30")
+    assert collector.wait_for_events(20_000, timeout=30), (
+        f"{collector.event_count()} of 20,000 delivered; what the first relay handed back is taken at once, not "
+        f"after --claim-after 30; pending: {redis_server.execute('XPENDING', STREAM, 'optimizely-odp')}")
     second.process.send_signal(signal.SIGTERM)
     assert second.wait(20) == 0, second.stderr
 

@@ -40,7 +40,7 @@ from optimizely_odp_ext.cli.common import (
     positive_float,
     positive_int,
 )
-from optimizely_odp_ext.cli.relay import fatal_error, say, stop_signals, stream_figures
+from optimizely_odp_ext.cli.relay import fatal_error, make_logger, say, stop_signals, stream_figures
 from optimizely_odp_ext.integration import mask_key
 from optimizely_odp_ext.settings import SETTINGS_BY_NAME, SettingError
 from optimizely_odp_ext.spool.urls import mask_url
@@ -242,7 +242,6 @@ def run_purge(args: argparse.Namespace) -> int:
 def run_replay(args: argparse.Namespace) -> int:
     """Deliver every entry the stream holds now (see the module docstring). Blocks."""
     from optimizely_odp_ext.managers.batch import BatchEventManager
-    from optimizely_odp_ext.managers.lifecycle import NullLogger
     from optimizely_odp_ext.spool import SpoolError, SpoolUnavailableError
 
     claim_after = _setting("claim_after", args.claim_after)
@@ -265,7 +264,8 @@ def run_replay(args: argparse.Namespace) -> int:
         raise CliError(str(error), EXIT_USAGE) from None
     interval = getattr(args, "progress_interval", None) or DEFAULT_PROGRESS_INTERVAL
     say(f"replay: {plural(total, 'event')} in {_where(spool)}; delivering every entry up to {target}")
-    manager.start(logger=NullLogger(), notification_center=None, integration=None)
+    manager.start(logger=make_logger(bool(getattr(args, "verbose", False))), notification_center=None,
+                  integration=None)
     done, problem, interrupted = False, "", False
     with stop_signals() as stopping:
         progress = _ReplayProgress(interval)

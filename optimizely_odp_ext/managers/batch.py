@@ -38,6 +38,7 @@ SPAWN_LATENCY = 0.005
 """Seconds a request must take, on average, before a second worker is worth its GIL contention."""
 CLAIM_CHUNK = 5000
 """Events a previous run left in the spool, read per call."""
+SETTLE_POLL = 0.05
 
 Job = Callable[[], None]
 
@@ -289,15 +290,17 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
         return self._close_result
 
     def _settle(self, deadline: float) -> int:
-        """At close, in a fleet (lock released): wait until the requests under way ended, or
-        ``deadline``, so that what ODP acknowledges is acknowledged in the shared spool before it
-        closes (else another member delivers it again). Returns the events still in flight."""
+        """At close, in a fleet (lock released): wait until the requests under way and a claim
+        under way ended, or ``deadline``, so that what ODP acknowledges is acknowledged in the
+        shared spool before it closes (else another member delivers it again), and what a late
+        claim took is handed back by the spool's close (else it waits ``claim_after``). Returns
+        the events still in flight."""
         with self._lock:
-            while self._ledger.in_flight_events + self._sealing_events:
+            while self._ledger.in_flight_events + self._sealing_events or self._claiming:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
-                self._done.wait(remaining)
+                self._done.wait(min(remaining, SETTLE_POLL))  # a claim ending does not notify _done
             return self._ledger.in_flight_events + self._sealing_events
 
     def stats(self) -> dict[str, Any]:
