@@ -240,7 +240,11 @@ def test_a_producer_only_process_and_two_relays_deliver_each_event_once_and_sigt
         assert relay_status(relay), "periodic status lines"
         assert "SIGTERM received: draining" in "\n".join(relay.stderr)
         assert relay.stderr[-1].startswith("optimizely-odp: relay: stopped; delivered ")
-        assert not [line for line in relay.stderr if " ERROR " in line or "Traceback" in line], relay.stderr
+        # (close() logs what it handed back at ERROR: "closed with N events undelivered ...; N claimed
+        # ones were handed back to the fleet"; nothing else may be an error.)
+        errors = [line for line in relay.stderr if (" ERROR " in line and "handed back to the fleet" not in line)
+                  or "Traceback" in line]
+        assert not errors, relay.stderr
     assert "spool ok" in relay_status(first)[-1] and "stream: " in relay_status(first)[-1]
 
 

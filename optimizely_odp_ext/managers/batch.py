@@ -31,7 +31,7 @@ from optimizely_odp_ext.managers.spool_link import SpoolLink
 from optimizely_odp_ext.managers.state import ENCODED_OVERHEAD, encoded_memory, seq_of
 from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
 from optimizely_odp_ext.settings import ManagerSettings
-from optimizely_odp_ext.spool import Spool, SpoolRecord
+from optimizely_odp_ext.spool import Spool, SpoolId, SpoolRecord
 from optimizely_odp_ext.spool.opening import SpoolProblem, open_configured_spool
 
 SPAWN_LATENCY = 0.005
@@ -272,6 +272,11 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
         if link is not None and link.shared:
             dropped += self._give_back(kept)
             in_flight = self._settle(deadline)
+            with self._lock:
+                late = self._take_late_claims()
+            if late:
+                self._give_back(late)
+                kept += late
         self._close_result = delivered_all and not dropped and not kept and not in_flight
         if dropped or kept or in_flight:
             if link is not None and link.shared:
@@ -292,9 +297,9 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
     def _settle(self, deadline: float) -> int:
         """At close, in a fleet (lock released): wait until the requests under way and a claim
         under way ended, or ``deadline``, so that what ODP acknowledges is acknowledged in the
-        shared spool before it closes (else another member delivers it again), and what a late
-        claim took is handed back by the spool's close (else it waits ``claim_after``). Returns
-        the events still in flight."""
+        shared spool before it closes (else another member delivers it again), and what a claim
+        under way takes is handed back too (else it waits ``claim_after``). Returns the events
+        still in flight."""
         with self._lock:
             while self._ledger.in_flight_events + self._sealing_events or self._claiming:
                 remaining = deadline - time.monotonic()
@@ -302,6 +307,18 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
                     break
                 self._done.wait(min(remaining, SETTLE_POLL))  # a claim ending does not notify _done
             return self._ledger.in_flight_events + self._sealing_events
+
+    def _take_late_claims(self) -> list[SpoolId]:
+        """At close, after :meth:`_settle` (lock held): the claimed events that a claim under way
+        placed after the rest was handed back, taken out to be handed back too."""
+        late: list[SpoolId] = []
+        for dest in self._ledger.destinations.values():
+            claimed = [item for item in dest.waiting if isinstance(item, Encoded) and item.spool_id]
+            if claimed:
+                late += [item.spool_id for item in claimed]
+                self._encoded_bytes -= encoded_memory(claimed)
+                dest.waiting = [item for item in dest.waiting if not (isinstance(item, Encoded) and item.spool_id)]
+        return late
 
     def stats(self) -> dict[str, Any]:
         """A snapshot of the counters. Non-blocking; thread-safe."""
