@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import queue
 import threading
-from collections import Counter
 from typing import Any, NamedTuple
 
 import requests
@@ -46,21 +45,18 @@ class QueueEventManager(EventManager):
     def __init__(self, target: queue.Queue[QueuedEvent]) -> None:
         self.target = target
         self._closed = False
-        self._lock = threading.Lock()
-        self._counts: Counter[str] = Counter()
 
     def send(self, event: OdpEvent) -> SendResult:
         """Hand one event to the queue. Non-blocking; thread-safe."""
         if self._closed:
-            return self._refuse(DiscardReason.CLOSED, "ODP event manager is closed; event discarded.")
+            return SendResult.discarded(DiscardReason.CLOSED, "ODP event manager is closed; event discarded.")
         if event.integration is None:  # OdpOptimizely binds every event it hands over
-            return self._refuse(DiscardReason.ODP_NOT_INTEGRATED, "ODP event has no integration; discarded.")
+            return SendResult.discarded(DiscardReason.ODP_NOT_INTEGRATED, "ODP event has no integration; discarded.")
         try:
             self.target.put_nowait(QueuedEvent(event.integration, event.to_json()))
         except queue.Full:
-            return self._refuse(DiscardReason.QUEUE_FULL, "ODP: the event queue is full; event discarded.")
-        with self._lock:
-            self._counts["accepted"] += 1
+            # A refusal is returned; the client counts it (odp_stats()["refused"]) and logs it.
+            return SendResult.discarded(DiscardReason.QUEUE_FULL, "ODP: the event queue is full; event discarded.")
         return ACCEPTED
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -74,18 +70,8 @@ class QueueEventManager(EventManager):
         return True
 
     def stats(self) -> dict[str, Any]:
-        """Accepted and refused counts, and the queue's current size. Thread-safe."""
-        with self._lock:
-            dropped = {reason: n for reason, n in self._counts.items() if reason != "accepted"}
-            return {"accepted": self._counts["accepted"], "dropped": dropped,
-                    "dropped_total": sum(dropped.values()), "queued": self.target.qsize()}
-
-    def _refuse(self, reason: DiscardReason, message: str) -> SendResult:
-        with self._lock:
-            self._counts[reason.value] += 1
-        if self.logger is not None:
-            self.logger.warning(message)
-        return SendResult.discarded(reason, message)
+        """The queue's current size (the client adds what it counts itself). Thread-safe."""
+        return {"queued": self.target.qsize()}
 
 
 def post_batches(work: queue.Queue[QueuedEvent], batch_size: int = 500) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import itertools
 import threading
 import time
 from collections import Counter, deque
@@ -12,18 +13,34 @@ from optimizely import logger as sdk_logging
 from optimizely.helpers import enums
 from optimizely.optimizely import Optimizely
 
-from optimizely_odp_ext import compat
+from optimizely_odp_ext import compat, notifications
 from optimizely_odp_ext.event import DEFAULT_EVENT_TYPE, InvalidEventError, OdpEvent, build_event
-from optimizely_odp_ext.integration import IntegrationState, OdpIntegration, mask_key
-from optimizely_odp_ext.managers.base import EventManager
+from optimizely_odp_ext.integration import IntegrationEntry, IntegrationState, OdpIntegration, mask_key
+from optimizely_odp_ext.logs import LogRateLimiter, count_value
+from optimizely_odp_ext.managers.base import DEFAULT_FLUSH_TIMEOUT, EventManager
 from optimizely_odp_ext.managers.batch import BatchEventManager
 from optimizely_odp_ext.notifications import OdpNotificationCenter
 from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
-from optimizely_odp_ext.sdk_adapter import SdkEventManagerAdapter
-from optimizely_odp_ext.settings import odp_disabled_by_environment
+from optimizely_odp_ext.sdk_adapter import OfficialEventManagerBridge, SdkEventManagerAdapter
+from optimizely_odp_ext.settings import SettingError, odp_disabled_by_environment
 
 HELD_CAPACITY = 10_000
 """Events held while the datafile is not there yet; beyond it, sdkNotReady."""
+
+STATS_KEYS = ("accepted", "delivered", "dropped", "dropped_total", "refused", "refused_total", "queued",
+              "queued_bytes", "in_flight", "held_for_datafile", "requests", "batches_sent", "retries")
+"""The keys ``odp_stats()`` always has (plus ``spool`` with a spool), as the README documents them."""
+
+# optimizely-sdk 5.x's wording for refusals that come from the event manager, kept as the start
+# of our lines (users grep for them), with the official level.
+_OFFICIAL_PREFIXES = {
+    DiscardReason.QUEUE_FULL: "ODP event send failed (Queue is full).",
+    DiscardReason.CLOSED: "ODP event queue is shutdown, not accepting events.",
+}
+_WARNING_REASONS = frozenset({DiscardReason.QUEUE_FULL, DiscardReason.CLOSED})
+"""Refusals the official client logs at WARNING; every other refusal is an ERROR, as there."""
+_NOT_INTEGRATED = "ODP is not integrated."
+_NOT_ENABLED = "ODP is not enabled."
 
 _BASE_PARAMETERS = inspect.signature(Optimizely.__init__)
 
@@ -35,9 +52,14 @@ class OdpOptimizely(Optimizely):
 
     Args:
         odp_event_manager: what delivers events (an :class:`EventManager`); default a
-            :class:`BatchEventManager` configured from ``OPTIMIZELY_ODP_*`` variables.
+            :class:`BatchEventManager` configured from ``OptimizelySdkSettings`` (5.x:
+            ``odp_event_flush_interval``, ``odp_event_request_timeout``), then the
+            ``OPTIMIZELY_ODP_*`` variables. Wins over ``OptimizelySdkSettings(odp_event_manager=...)``.
         odp_disabled: switch ODP off (as do ``OPTIMIZELY_ODP_DISABLED=1`` and, on
-            optimizely-sdk 5.x, ``OptimizelySdkSettings(odp_disabled=True)``).
+            optimizely-sdk 5.x, ``OptimizelySdkSettings(odp_disabled=True)``; any one suffices).
+
+    A caller's official-style manager in ``OptimizelySdkSettings(odp_event_manager=...)`` is
+    used as the official client uses it, behind this package's validation.
 
     The ODP integration (host and public key) comes from the datafile and follows its
     updates. ``send_odp_event`` is thread-safe and never blocks or raises.
@@ -51,30 +73,54 @@ class OdpOptimizely(Optimizely):
         self._datafile_may_come = True
         self._odp_lock = threading.Condition()
         self._odp: tuple[IntegrationState, OdpIntegration | None] = (IntegrationState.UNDETERMINED, None)
+        self._odp_problem: str | None = None
         self._held: deque[OdpEvent] = deque()
-        self._held_discarded = 0
-        self._refused: Counter[str] = Counter()
         self._releasing = 0
-        self.odp_enabled = not (odp_disabled or odp_disabled_by_environment()
-                                or compat.settings_disable_odp(arguments.get("settings")))
+        self._accepted = itertools.count()
+        """``next()`` on it is atomic under the GIL: the accepting path takes no lock."""
+        self._refused = {reason: itertools.count() for reason in DiscardReason}
+        self._dropped: Counter[str] = Counter()
+        """Held events this client gave up, by reason (under ``_odp_lock``)."""
+        self._refusal_log = LogRateLimiter()
+        startup_notes: list[str] = []
+
+        sdk = compat.sdk_odp_settings(arguments.get("settings"))
+        self.odp_enabled = not (odp_disabled or odp_disabled_by_environment() or sdk.disabled)
         self.odp_event_manager: EventManager | None = None
+        base_manager: Any = None  # what the 5.x base client's OdpManager gets (None: the caller's own)
+        if odp_event_manager is not None:
+            if sdk.event_manager is not None:
+                startup_notes.append("OptimizelySdkSettings.odp_event_manager is not used: the odp_event_manager "
+                                     "given to OdpOptimizely wins.")
+            if sdk.flush_interval is not None or sdk.request_timeout is not None:
+                startup_notes.append("OptimizelySdkSettings odp_event_flush_interval/odp_event_request_timeout "
+                                     "do not apply to the odp_event_manager given to OdpOptimizely.")
         if self.odp_enabled:
-            self.odp_event_manager = odp_event_manager or BatchEventManager()
+            if odp_event_manager is not None:
+                self.odp_event_manager = odp_event_manager
+            elif sdk.event_manager is not None:
+                self.odp_event_manager = OfficialEventManagerBridge(sdk.event_manager)
+            else:
+                self.odp_event_manager = _default_manager(sdk, startup_notes)
+        if odp_event_manager is not None or sdk.event_manager is None:
+            base_manager = SdkEventManagerAdapter(self)
         if arguments.get("notification_center") is None:
             logger = sdk_logging.adapt_logger(arguments.get("logger") or sdk_logging.NoOpLogger())
             arguments["notification_center"] = OdpNotificationCenter(logger)
         if compat.HAS_NATIVE_ODP:
-            arguments["settings"] = compat.base_settings(
-                arguments.get("settings"), SdkEventManagerAdapter(self), disabled=not self.odp_enabled
-            )
+            arguments["settings"] = compat.base_settings(arguments.get("settings"), base_manager,
+                                                         disabled=not self.odp_enabled)
 
         super().__init__(**arguments)
 
         if not self.is_valid:
             return
+        for note in startup_notes:
+            self.logger.warning(note)
         self._datafile_may_come = compat.can_receive_datafile(self.config_manager)
         if not self.odp_enabled:
-            self.logger.info("ODP is disabled.")
+            if not compat.HAS_NATIVE_ODP:  # 5.x's own OdpManager says it once already
+                self.logger.info("ODP is disabled.")
             return
         config_center = getattr(self.config_manager, "notification_center", None) or self.notification_center
         config_center.add_notification_listener(
@@ -83,7 +129,7 @@ class OdpOptimizely(Optimizely):
         assert self.odp_event_manager is not None
         known = self._read_integration_or_log()
         self.odp_event_manager.start(logger=self.logger, notification_center=self.notification_center,
-                                     integration=known[1] if known else None)
+                                     integration=known[1].integration if known else None)
         if known:
             self._apply_integration(*known)
 
@@ -98,37 +144,44 @@ class OdpOptimizely(Optimizely):
         """The integration new events go to, or None."""
         return self._odp[1]
 
-    def _read_integration(self) -> tuple[IntegrationState, OdpIntegration | None]:
+    def _read_integration(self) -> tuple[IntegrationState, IntegrationEntry]:
         """The state and integration of the config manager's current datafile."""
         config = compat.current_project_config(self.config_manager)
         if config is None:
-            return (IntegrationState.UNDETERMINED, None)
-        integration = compat.integration_of(config)
-        return (IntegrationState.INTEGRATED if integration else IntegrationState.NOT_INTEGRATED, integration)
+            return (IntegrationState.UNDETERMINED, IntegrationEntry(None))
+        entry = compat.integration_entry_of(config)
+        return (IntegrationState.INTEGRATED if entry.integration else IntegrationState.NOT_INTEGRATED, entry)
 
-    def _read_integration_or_log(self) -> tuple[IntegrationState, OdpIntegration | None] | None:
+    def _read_integration_or_log(self) -> tuple[IntegrationState, IntegrationEntry] | None:
         try:
             return self._read_integration()
         except Exception as error:
-            self.logger.error(f"ODP integration could not be read from the datafile: {error}")
+            self.logger.error(f"ODP integration could not be read from the datafile: {type(error).__name__}.")
             return None
 
     def _on_datafile_update(self) -> None:
         """OPTIMIZELY_CONFIG_UPDATE: pick up an integration added, changed or removed."""
+        if isinstance(self.odp_event_manager, OfficialEventManagerBridge):
+            try:  # the caller's manager must know the new config before held events reach it
+                compat.sync_base_odp_config(self)
+            except Exception as error:
+                self.logger.error(f"ODP config could not be updated: {type(error).__name__}.")
         known = self._read_integration_or_log()
         if known:
             self._apply_integration(*known)
 
-    def _apply_integration(self, state: IntegrationState, integration: OdpIntegration | None) -> None:
-        """Make ``integration`` the one new events go to, and hand over held events."""
+    def _apply_integration(self, state: IntegrationState, entry: IntegrationEntry) -> None:
+        """Make ``entry``'s integration the one new events go to, and hand over held events."""
         if state is IntegrationState.UNDETERMINED:
             return
+        integration = entry.integration
         manager = self.odp_event_manager
         assert manager is not None
         with self._odp_lock:
-            if self._odp == (state, integration):
+            if self._odp == (state, integration) and self._odp_problem == entry.problem:
                 return
             self._odp = (state, integration)
+            self._odp_problem = entry.problem
             held = list(self._held)
             self._held.clear()
             self._releasing += 1  # flush() waits for these as it waits for held events
@@ -139,7 +192,10 @@ class OdpOptimizely(Optimizely):
             with self._odp_lock:
                 self._releasing -= 1
                 self._odp_lock.notify_all()
-        if integration is None:
+        if entry.problem is not None:
+            self.logger.error(f"ODP integration in the datafile is malformed ({entry.problem}); "
+                              "ODP counts as not integrated and events will not be sent.")
+        elif integration is None:
             self.logger.info("ODP is not integrated in this datafile; ODP events will not be sent.")
         else:
             self.logger.info(f"ODP integration: host {integration.host}, key {mask_key(integration.api_key)}.")
@@ -148,134 +204,222 @@ class OdpOptimizely(Optimizely):
                                     "events and the API key travel unencrypted.")
 
     def _release_held(self, held: list[OdpEvent], integration: OdpIntegration | None) -> None:
+        """Held events go to ``integration``; with none, or where the manager refuses them, they
+        are dropped (they were accepted): counted, announced and logged."""
         if not held:
             return
         if integration is None:
-            self._held_discarded += len(held)
-            self.logger.error(f"{len(held)} ODP events sent before the datafile was ready are discarded: "
-                              "ODP is not integrated (odpNotIntegrated).")
+            self._drop_held(DiscardReason.ODP_NOT_INTEGRATED, len(held),
+                            "sent before the datafile was ready are dropped: ODP is not integrated")
             return
         assert self.odp_event_manager is not None
+        refused: Counter[DiscardReason] = Counter()
         for event in held:
             event.integration = integration
-            self.odp_event_manager.send(event)
+            try:
+                result = self.odp_event_manager.send(event)
+            except Exception:  # a custom manager that raises loses this event, not the rest
+                result = SendResult.discarded(DiscardReason.INTERNAL_ERROR, "")
+            if not result.accepted:
+                refused[result.reason or DiscardReason.INTERNAL_ERROR] += 1
+        for reason, count in refused.items():
+            self._drop_held(reason, count, "held for the datafile were refused by the event manager")
+
+    def _drop_held(self, reason: DiscardReason, count: int, what: str) -> None:
+        with self._odp_lock:
+            self._dropped[reason.value] += count
+        self.logger.error(f"{count} ODP events {what} ({reason.value}).")
+        notifications.fire(self.notification_center, [(notifications.ODP_EVENTS_DROPPED, (reason.value, count))])
 
     # -- sending -------------------------------------------------------------------------------
     def send_odp_event(  # type: ignore[override]  # the base returns None; ours a truthy/falsy result
-        self, action: str, identifiers: dict[str, str], type: str = DEFAULT_EVENT_TYPE,
+        self, action: str, identifiers: dict[str, Any], type: str = DEFAULT_EVENT_TYPE,
         data: dict[str, Any] | None = None,
     ) -> SendResult:
         """Send an event to ODP (same parameters as optimizely-sdk 5.x).
 
         Returns a result that is truthy when the event was accepted for delivery, and
-        otherwise falsy with a ``reason`` (:class:`DiscardReason`); each discard is logged.
-        Never raises, never blocks, never changes ``identifiers`` or ``data``. Thread-safe.
+        otherwise falsy with a ``reason`` (:class:`DiscardReason`) and the full ``message``.
+        Every refusal is counted in ``odp_stats()["refused"]`` and logged, repeated lines
+        of one reason at most once per 10 s plus a count. Never raises, never blocks, never
+        changes ``identifiers`` or ``data``. Thread-safe.
         """
         try:
-            return self._send(action, identifiers, type, data)
+            result = self._send(action, identifiers, type, data)
         except Exception as error:  # nothing raises into the host app
-            message = f"ODP event could not be sent (internal error: {type_name(error)}: {error})."
-            self.logger.error(message)
-            return SendResult.discarded(DiscardReason.INTERNAL_ERROR, message)
+            result = SendResult.discarded(
+                DiscardReason.INTERNAL_ERROR, f"ODP event could not be sent (internal error: {type_name(error)}).")
+        if result.accepted:
+            next(self._accepted)
+            return result
+        return self._refuse(result)
 
     def _send(self, action: object, identifiers: object, type: object, data: object) -> SendResult:
         if self._odp_closed:
-            return self._discard(DiscardReason.CLOSED, "ODP event discarded: the client is closed.", warn=True)
+            return SendResult.discarded(DiscardReason.CLOSED, f"{_OFFICIAL_PREFIXES[DiscardReason.CLOSED]} "
+                                        "The client is closed.")
         if not self.is_valid:
-            return self._discard(DiscardReason.SDK_NOT_READY,
-                                 enums.Errors.INVALID_OPTIMIZELY.format("send_odp_event"))
+            return SendResult.discarded(DiscardReason.SDK_NOT_READY,
+                                        enums.Errors.INVALID_OPTIMIZELY.format("send_odp_event"))
         try:
             event = build_event(action, identifiers, type, data)
         except InvalidEventError as invalid:
-            return self._discard(invalid.reason, invalid.message)
+            return SendResult.discarded(invalid.reason, invalid.message)
         manager = self.odp_event_manager
         if manager is None:
-            return self._discard(DiscardReason.ODP_NOT_ENABLED, "ODP is not enabled.")
-        return self._route(event, manager)
-
-    def _route(self, event: OdpEvent, manager: EventManager) -> SendResult:
-        """To the manager with the current integration, held until the datafile, or discarded."""
+            return SendResult.discarded(DiscardReason.ODP_NOT_ENABLED, _NOT_ENABLED)
         state, integration = self._odp
         if integration is not None:
             event.integration = integration
-            result = manager.send(event)
-            if not result:  # the manager returns its refusals; the client counts and logs them
-                assert result.reason is not None
-                return self._discard(result.reason, result.message, warn=True)
-            return result
+            return manager.send(event)
+        return self._hold_or_refuse(event, manager, state)
+
+    def _hold_or_refuse(self, event: OdpEvent, manager: EventManager, state: IntegrationState) -> SendResult:
+        """No integration: hold the event until the datafile, or say why not."""
         if state is IntegrationState.UNDETERMINED:
             if not self._datafile_may_come:
-                return self._discard(DiscardReason.SDK_NOT_READY,
-                                     enums.Errors.INVALID_PROJECT_CONFIG.format("send_odp_event"))
+                return SendResult.discarded(DiscardReason.SDK_NOT_READY,
+                                            enums.Errors.INVALID_PROJECT_CONFIG.format("send_odp_event"))
             with self._odp_lock:
                 if self._odp[0] is IntegrationState.UNDETERMINED:
                     if len(self._held) >= HELD_CAPACITY:
-                        return self._discard(
+                        return SendResult.discarded(
                             DiscardReason.SDK_NOT_READY,
-                            f"ODP event discarded: the datafile is not ready and {HELD_CAPACITY} events "
-                            "are already held for it.", warn=True)
+                            f"{enums.Errors.INVALID_PROJECT_CONFIG.format('send_odp_event')} The datafile is not "
+                            f"ready and {HELD_CAPACITY} ODP events are already held for it.")
                     self._held.append(event)
                     return ACCEPTED
-            return self._route(event, manager)  # the datafile just arrived
-        return self._discard(DiscardReason.ODP_NOT_INTEGRATED, "ODP is not integrated.")
+            state, integration = self._odp  # the datafile just arrived
+            if integration is not None:
+                event.integration = integration
+                return manager.send(event)
+        if self._odp_problem is not None:
+            return SendResult.discarded(DiscardReason.ODP_NOT_INTEGRATED,
+                                        f"{_NOT_INTEGRATED} The datafile's ODP integration is malformed: "
+                                        f"{self._odp_problem}.")
+        return SendResult.discarded(DiscardReason.ODP_NOT_INTEGRATED, _NOT_INTEGRATED)
 
-    def _discard(self, reason: DiscardReason, message: str, warn: bool = False) -> SendResult:
-        with self._odp_lock:
-            self._refused[reason.value] += 1
-        (self.logger.warning if warn else self.logger.error)(message)
-        return SendResult.discarded(reason, message)
+    def _refuse(self, result: SendResult) -> SendResult:
+        """The one place a falsy result is counted and logged (rate-limited per reason)."""
+        reason = result.reason if isinstance(result.reason, DiscardReason) else DiscardReason.INTERNAL_ERROR
+        next(self._refused[reason])
+        prefix = _OFFICIAL_PREFIXES.get(reason)
+        if prefix is not None and not result.message.startswith(prefix):
+            result = SendResult.discarded(reason, f"{prefix} {result.message}".rstrip())
+        elif not result.message:
+            result = SendResult.discarded(reason, f"ODP event discarded ({reason.value}).")
+        log = self.logger.warning if reason in _WARNING_REASONS else self.logger.error
+        self._refusal_log.log(log, f"ODP events refused ({reason.value})", result.message)
+        return result
 
     # -- flush, close, stats -------------------------------------------------------------------
     def flush(self, timeout: float | None = None) -> bool:
-        """Deliver every ODP event accepted so far. True when all of it was delivered or
-        finally resolved within ``timeout`` seconds (None: wait as long as it takes,
-        including for the datafile of an ``sdk_key`` client). Blocks; thread-safe."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        """Deliver every ODP event accepted so far, waiting at most ``timeout`` seconds
+        (None, the default: :data:`DEFAULT_FLUSH_TIMEOUT`, 30 s; no call waits forever),
+        including for the datafile of an ``sdk_key`` client. True when all of it was
+        delivered or finally resolved in time, False when the time ran out first.
+        Blocks; thread-safe."""
+        deadline = time.monotonic() + _bounded(timeout)
+        self._refusal_log.flush()
         if not self._wait_for_held(deadline) or self.odp_event_manager is None:
             return self.odp_event_manager is None
         return self.odp_event_manager.flush(_remaining(deadline))
 
     def close(self, timeout: float | None = None) -> None:
         """Deliver what was accepted (within ``timeout`` seconds, default the manager's
-        ``close_timeout``), then stop ODP and everything the base client runs.
-        Idempotent. Blocks; thread-safe."""
+        ``close_timeout``), then stop ODP and everything the base client runs. Events still
+        held for a datafile that never came are offered to the manager's ``park`` (a spool
+        keeps them for the next start); the rest are dropped (``sdkNotReady``), counted,
+        announced and logged. Idempotent. Blocks; thread-safe."""
         if self._odp_closed:
             return
         self._odp_closed = True
         manager = self.odp_event_manager
         if manager is not None:
             limit = getattr(getattr(manager, "settings", None), "close_timeout", 10.0) if timeout is None else timeout
-            deadline = time.monotonic() + limit
+            deadline = time.monotonic() + max(0.0, limit)
             if not self._wait_for_held(deadline):
-                with self._odp_lock:
-                    left = len(self._held)
-                    self._held.clear()
-                self.logger.error(f"{left} ODP events held for the datafile were not sent: it never arrived.")
+                self._give_up_held(manager)
             manager.close(_remaining(deadline))
+        self._refusal_log.flush()
         compat.close_base_client(self, getattr(super(), "close", None))
 
-    def odp_stats(self) -> dict[str, Any]:
-        """Counters of the ODP event manager, plus events held for the datafile. Thread-safe."""
-        stats = dict(self.odp_event_manager.stats()) if self.odp_event_manager else {}
-        stats["held_for_datafile"] = len(self._held)
+    def _give_up_held(self, manager: EventManager) -> None:
         with self._odp_lock:
-            stats["refused"] = dict(self._refused)
-            stats["refused_total"] = sum(self._refused.values())
-        stats["discarded_not_integrated"] = self._held_discarded
-        return stats
+            held = list(self._held)
+            self._held.clear()
+        if not held:
+            return
+        park = getattr(manager, "park", None)
+        try:
+            kept = min(len(held), max(0, int(park(held)))) if callable(park) else 0
+        except Exception as error:
+            self.logger.error(f"ODP events held for the datafile could not be parked: {type_name(error)}.")
+            kept = 0
+        if kept:
+            self.logger.warning(f"{kept} ODP events held for a datafile that never arrived are kept by the event "
+                                "manager for the next start.")
+        if len(held) > kept:
+            self._drop_held(DiscardReason.SDK_NOT_READY, len(held) - kept,
+                            "held for a datafile that never arrived are dropped at close")
 
-    def _wait_for_held(self, deadline: float | None) -> bool:
+    def odp_stats(self) -> dict[str, Any]:
+        """Counters of this client and its event manager; the README lists every key.
+        Non-blocking; thread-safe.
+
+        ``accepted``, ``refused`` and ``held_for_datafile`` are the client's; ``dropped``
+        adds the events the client gave up (held ones) to the manager's; the rest is the
+        manager's (0 when it does not count it). Keys the manager adds are passed through.
+        """
+        manager = self.odp_event_manager
+        stats: dict[str, Any] = dict(manager.stats()) if manager is not None else {}
+        with self._odp_lock:
+            dropped = Counter(self._dropped)
+            held = len(self._held)
+        dropped.update({str(reason): int(count) for reason, count in (stats.get("dropped") or {}).items()})
+        refused = {reason.value: n for reason, counter in self._refused.items() if (n := count_value(counter))}
+        stats.pop("discarded_not_integrated", None)
+        stats.update(
+            accepted=count_value(self._accepted),
+            dropped=dict(dropped),
+            dropped_total=sum(dropped.values()),
+            refused=refused,
+            refused_total=sum(refused.values()),
+            held_for_datafile=held,
+        )
+        for key in STATS_KEYS:
+            stats.setdefault(key, 0)
+        return {key: stats[key] for key in (*STATS_KEYS, *(k for k in stats if k not in STATS_KEYS))}
+
+    def _wait_for_held(self, deadline: float) -> bool:
         with self._odp_lock:
             while self._held or self._releasing:
-                remaining = _remaining(deadline)
-                if remaining is not None and remaining <= 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
                     return False
                 self._odp_lock.wait(remaining)
         return True
 
 
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
+def _default_manager(sdk: compat.SdkOdpSettings, notes: list[str]) -> BatchEventManager:
+    """A :class:`BatchEventManager` configured from the SDK's ODP settings (which win over the
+    environment); a value it cannot take is logged and left to its default, as the official
+    client never fails on these."""
+    arguments = compat.manager_arguments(sdk)
+    try:
+        return BatchEventManager(**arguments)
+    except SettingError as error:
+        notes.append(f"OptimizelySdkSettings ODP setting ignored: {error}.")
+        return BatchEventManager()
+
+
+def _bounded(timeout: float | None) -> float:
+    """A wait in seconds: None is the default bound; negative or NaN is 0."""
+    return DEFAULT_FLUSH_TIMEOUT if timeout is None else max(0.0, timeout)
+
+
+def _remaining(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
 
 
 def type_name(value: object) -> str:

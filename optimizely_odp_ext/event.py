@@ -4,17 +4,29 @@ Building validates and copies the caller's input, so the caller's dicts are neve
 mutated and later changes to them do not reach the event. It runs on the caller's
 thread and is kept small; default data and the JSON encoding are added later, on
 the sender's side (:meth:`OdpEvent.to_json`).
+
+The fidelity rule: what optimizely-sdk 5.x accepts and sends, this accepts and encodes
+to the same bytes (apart from the idempotence id). Refused, each with its reason, is
+only what the official client drops too (empty action, empty identifiers, data values
+that are not scalars), what makes it raise (identifier keys that are not strings, data
+that is not a dict), what cannot be valid JSON on the wire (NaN, infinities, integers
+too long to print, strings with lone surrogates, objects JSON cannot encode), and what
+ODP's events API refuses on the wire: an action or a type that is not a string, a list
+or dict as an identifier value. Log lines start with the official client's wording where
+it has one.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
+import re
+import sys
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any, Union
 
+from optimizely_odp_ext import encoding
 from optimizely_odp_ext.compat import SDK_VERSION
 from optimizely_odp_ext.integration import OdpIntegration
 from optimizely_odp_ext.result import DiscardReason
@@ -26,6 +38,16 @@ DEFAULT_EVENT_TYPE = "fullstack"
 USER_ID_KEY = "fs_user_id"
 _USER_ID_ALIASES = ("fs_user_id", "fs-user-id")
 _SCALARS = (str, int, float, bool, type(None))
+_ALIAS_LENGTH = len(USER_ID_KEY)
+_SAFE_INT_BITS = 2_000
+"""Integers up to this many bits print in fewer than 640 digits, the lowest limit Python
+allows for ``sys.set_int_max_str_digits``; only longer ones are checked precisely."""
+_LONE_SURROGATE = re.compile("[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]")
+
+INVALID_ACTION_EMPTY = "ODP action is not valid (cannot be empty)."
+"""optimizely-sdk 5.x's wording, kept as the start of our lines."""
+INVALID_IDENTIFIERS_EMPTY = "ODP events must have at least one key-value pair in identifiers."
+INVALID_DATA = "ODP data is not valid."
 _UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
 _UUID4_SET = (4 << 76) | (0x8000 << 48)
 
@@ -86,7 +108,7 @@ class OdpEvent:
         self,
         type: str,
         action: str,
-        identifiers: dict[str, str],
+        identifiers: dict[str, Any],
         data: OdpData | None = None,
         integration: OdpIntegration | None = None,
         accepted_at: float | None = None,
@@ -110,7 +132,7 @@ class OdpEvent:
     def to_json(self) -> bytes:
         """The event's JSON, computed once: its idempotence id stays the same across retries."""
         if self._json is None:
-            self._json = json.dumps(self.to_dict(), separators=(",", ":"), allow_nan=False).encode()
+            self._json = encoding.encode(self.to_dict())
         return self._json
 
     def __repr__(self) -> str:
@@ -127,69 +149,165 @@ def build_event(
 
     Non-blocking and thread-safe. Raises :class:`InvalidEventError` naming the problem.
     """
-    if not isinstance(action, str) or not action:
-        detail = "cannot be empty" if action is None or action == "" else f"must be a string, not {_kind(action)}"
-        raise InvalidEventError(DiscardReason.INVALID_ACTION, f"ODP action is not valid ({detail}).")
+    if action.__class__ is not str or not action or not action.isascii():
+        _check_action(action)
     if type is None or type == "":
         type = DEFAULT_EVENT_TYPE
-    elif not isinstance(type, str):
-        raise InvalidEventError(
-            DiscardReason.INVALID_TYPE, f"ODP event type is not valid (must be a string, not {_kind(type)})."
-        )
-    return OdpEvent(type, action, _copy_identifiers(identifiers), _copy_data(data))
+    elif type.__class__ is not str or not type.isascii():
+        _check_type(type)
+    return OdpEvent(type, action, _copy_identifiers(identifiers), _copy_data(data))  # type: ignore[arg-type]
 
 
-def _copy_identifiers(identifiers: object) -> dict[str, str]:
-    if not isinstance(identifiers, dict) or not identifiers:
-        what = "is empty" if isinstance(identifiers, dict) else f"must be a dict, not {_kind(identifiers)}"
-        raise InvalidEventError(
-            DiscardReason.INVALID_IDENTIFIERS,
-            f"ODP identifiers are not valid ({what}): ODP events must have at least one key-value pair "
-            "in identifiers.",
-        )
-    copy: dict[str, str] = {}
+def _check_action(action: object) -> None:
+    if action is None or action == "":
+        raise InvalidEventError(DiscardReason.INVALID_ACTION, INVALID_ACTION_EMPTY)
+    problem = _text_problem(action)
+    if problem:
+        raise InvalidEventError(DiscardReason.INVALID_ACTION, f"ODP action is not valid ({problem}).")
+
+
+def _check_type(type: object) -> None:
+    problem = _text_problem(type)
+    if problem:
+        raise InvalidEventError(DiscardReason.INVALID_TYPE, f"ODP event type is not valid ({problem}).")
+
+
+def _text_problem(value: object) -> str | None:
+    """Why ``value`` cannot be an action or a type: ODP takes a non-empty string there."""
+    if not isinstance(value, str):
+        return f"must be a string, not {_kind(value)}"
+    return _json_scalar_problem(value)
+
+
+def _copy_identifiers(identifiers: object) -> dict[str, Any]:
+    if identifiers.__class__ is not dict and not isinstance(identifiers, dict):
+        raise InvalidEventError(DiscardReason.INVALID_IDENTIFIERS,
+                                f"{INVALID_IDENTIFIERS_EMPTY} (identifiers must be a dict, not {_kind(identifiers)})")
+    if not identifiers:
+        raise InvalidEventError(DiscardReason.INVALID_IDENTIFIERS, INVALID_IDENTIFIERS_EMPTY)
     user_id_alias: str | None = None
-    for key, value in identifiers.items():
-        if not isinstance(key, str) or not key:
-            problem = "an empty key" if key == "" else f"a key that is not a string ({_kind(key)})"
-            raise InvalidEventError(DiscardReason.INVALID_IDENTIFIERS, f"ODP identifiers are not valid ({problem}).")
-        if not isinstance(value, str):
-            raise InvalidEventError(
-                DiscardReason.INVALID_IDENTIFIERS,
-                f"ODP identifiers are not valid (value of {key!r} must be a string, not {_kind(value)}).",
-            )
-        copy[key] = value
-        if user_id_alias is None and key.lower() in _USER_ID_ALIASES:
+    for key, value in identifiers.items():  # the common case (ASCII strings) costs two type checks
+        if key.__class__ is not str or not key.isascii():
+            _check_identifier_key(key)
+        if value.__class__ is str:
+            if not value.isascii():
+                try:
+                    value.encode()
+                except UnicodeEncodeError:
+                    _check_identifier_value(key, value)
+        else:
+            _check_identifier_value(key, value)
+        if user_id_alias is None and len(key) == _ALIAS_LENGTH and key.lower() in _USER_ID_ALIASES:
             user_id_alias = key
+    copy = dict(identifiers)
     if user_id_alias is not None and user_id_alias != USER_ID_KEY:
         # The same rename as optimizely-sdk 5.x (the first alias becomes fs_user_id), on our copy.
         copy[USER_ID_KEY] = copy.pop(user_id_alias)
     return copy
 
 
+def _check_identifier_key(key: object) -> None:
+    if not isinstance(key, str):
+        raise InvalidEventError(DiscardReason.INVALID_IDENTIFIERS,
+                                f"ODP identifiers are not valid (a key that is not a string: {_kind(key)}).")
+    if _has_lone_surrogate(key):
+        raise InvalidEventError(DiscardReason.INVALID_IDENTIFIERS,
+                                f"ODP identifiers are not valid (the key {key!a} has a lone surrogate, "
+                                "which is not valid Unicode).")
+
+
+def _check_identifier_value(key: object, value: object) -> None:
+    problem = _identifier_value_problem(value)
+    if problem:
+        raise InvalidEventError(DiscardReason.INVALID_IDENTIFIERS,
+                                f"ODP identifiers are not valid (value of {key!a} {problem}).")
+
+
 def _copy_data(data: object) -> OdpData | None:
     if data is None:
         return None
-    if not isinstance(data, dict):
-        raise InvalidEventError(
-            DiscardReason.INVALID_DATA, f"ODP data is not valid (must be a dict, not {_kind(data)})."
-        )
-    for key, value in data.items():
-        if not isinstance(key, str):
-            raise InvalidEventError(
-                DiscardReason.INVALID_DATA, f"ODP data is not valid (a key that is not a string: {_kind(key)})."
-            )
+    if data.__class__ is not dict and not isinstance(data, dict):
+        raise InvalidEventError(DiscardReason.INVALID_DATA,
+                                f"{INVALID_DATA} It must be a dict, not {_kind(data)}.")
+    for key, value in data.items():  # the common cases cost a type check or two
+        if key.__class__ is not str or not key.isascii():
+            problem = _data_key_problem(key)
+            if problem:
+                raise InvalidEventError(DiscardReason.INVALID_DATA, f"{INVALID_DATA} {problem}.")
+        kind = value.__class__
+        if kind is str:
+            if value.isascii():
+                continue
+            try:
+                value.encode()
+                continue
+            except UnicodeEncodeError:
+                pass
+        elif kind is float:
+            if value - value == 0.0:  # finite: inf - inf and nan - nan are nan
+                continue
+        elif kind is int:
+            if value.bit_length() <= _SAFE_INT_BITS:
+                continue
+        elif kind is bool or value is None:
+            continue
         if not isinstance(value, _SCALARS):
             raise InvalidEventError(
                 DiscardReason.INVALID_DATA,
-                f"ODP data is not valid (value of {key!r} is {_kind(value)}; "
-                "only str, int, float, bool and None are allowed).",
-            )
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidEventError(
-                DiscardReason.INVALID_DATA, f"ODP data is not valid (value of {key!r} is {value}, not valid JSON)."
-            )
+                f"{INVALID_DATA} Value of {key!a} is {_kind(value)}; "
+                "only str, int, float, bool and None are allowed.")
+        problem = _json_scalar_problem(value)
+        if problem:
+            raise InvalidEventError(DiscardReason.INVALID_DATA, f"{INVALID_DATA} Value of {key!a} {problem}.")
     return dict(data) if data else None
+
+
+def _identifier_value_problem(value: object) -> str | None:
+    """Why ``value`` cannot be an identifier value: one JSON scalar, as the official client
+    sends it (a string, or a number, boolean or null as they are)."""
+    if not isinstance(value, _SCALARS):
+        return f"must be one value (str, int, float, bool or None), not {_kind(value)}"
+    return _json_scalar_problem(value)
+
+
+def _json_scalar_problem(value: object) -> str | None:
+    """Why a str, int, float, bool or None cannot be encoded as valid JSON, or None."""
+    if isinstance(value, str):
+        if _has_lone_surrogate(value):
+            return "has a lone surrogate, which is not valid Unicode"
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            return f"is {value}, which is not valid JSON"
+    elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > _SAFE_INT_BITS:
+        try:
+            int.__repr__(value)
+        except ValueError:
+            limit = getattr(sys, "get_int_max_str_digits", lambda: "the allowed")()
+            return f"is an integer of more than {limit} digits, which JSON cannot encode here"
+    return None
+
+
+def _data_key_problem(key: object) -> str | None:
+    """A data key is a string, or a scalar JSON turns into one (as the official client sends it)."""
+    if isinstance(key, str):
+        return "A key has a lone surrogate, which is not valid Unicode" if _has_lone_surrogate(key) else None
+    if key is None or isinstance(key, (int, float, bool)):
+        problem = _json_scalar_problem(key)
+        return f"The key {_kind(key)} {problem}" if problem else None
+    return f"A key that is not a string: {_kind(key)}"
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    """True when ``text`` has a surrogate code point not paired as UTF-16 (JSON's ``\\ud800``
+    alone is rejected by strict parsers). Only non-ASCII text is looked at, and only text
+    that UTF-8 refuses is searched."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _LONE_SURROGATE.search(text) is not None
+    return False
 
 
 def _kind(value: object) -> str:

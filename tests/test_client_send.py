@@ -21,30 +21,47 @@ class Opaque:
 
 
 BAD_INPUTS: list[tuple[str, dict[str, Any], DiscardReason, str]] = [
-    ("action None", {"action": None}, DiscardReason.INVALID_ACTION, "ODP action is not valid (cannot be empty)"),
-    ("action empty", {"action": ""}, DiscardReason.INVALID_ACTION, "ODP action is not valid (cannot be empty)"),
+    ("action None", {"action": None}, DiscardReason.INVALID_ACTION, "ODP action is not valid (cannot be empty)."),
+    ("action empty", {"action": ""}, DiscardReason.INVALID_ACTION, "ODP action is not valid (cannot be empty)."),
     ("action not a string", {"action": 7}, DiscardReason.INVALID_ACTION, "must be a string, not int"),
+    ("action lone surrogate", {"action": "buy\ud800"}, DiscardReason.INVALID_ACTION, "lone surrogate"),
     ("type not a string", {"type": 3}, DiscardReason.INVALID_TYPE, "ODP event type is not valid"),
+    ("type lone surrogate", {"type": "\udfffx"}, DiscardReason.INVALID_TYPE, "lone surrogate"),
     ("identifiers None", {"identifiers": None}, DiscardReason.INVALID_IDENTIFIERS, "must be a dict, not None"),
-    ("identifiers empty", {"identifiers": {}}, DiscardReason.INVALID_IDENTIFIERS, "is empty"),
+    ("identifiers empty", {"identifiers": {}}, DiscardReason.INVALID_IDENTIFIERS,
+     "ODP events must have at least one key-value pair in identifiers."),
     ("identifiers not a dict", {"identifiers": [("fs_user_id", "u")]}, DiscardReason.INVALID_IDENTIFIERS,
      "must be a dict, not list"),
-    ("identifiers empty key", {"identifiers": {"": "u"}}, DiscardReason.INVALID_IDENTIFIERS, "an empty key"),
     ("identifiers key not a string", {"identifiers": {1: "u"}}, DiscardReason.INVALID_IDENTIFIERS,
-     "a key that is not a string (int)"),
-    ("identifiers non-string value", {"identifiers": {"fs_user_id": 42}}, DiscardReason.INVALID_IDENTIFIERS,
-     "value of 'fs_user_id' must be a string, not int"),
-    ("identifiers None value", {"identifiers": {"email": None}}, DiscardReason.INVALID_IDENTIFIERS,
-     "value of 'email' must be a string, not None"),
+     "a key that is not a string: int"),
+    ("identifiers list value", {"identifiers": {"fs_user_id": ["u"]}}, DiscardReason.INVALID_IDENTIFIERS,
+     "value of 'fs_user_id' must be one value (str, int, float, bool or None), not list"),
+    ("identifiers NaN value", {"identifiers": {"fs_user_id": math.nan}}, DiscardReason.INVALID_IDENTIFIERS,
+     "value of 'fs_user_id' is nan"),
+    ("identifiers huge int", {"identifiers": {"fs_user_id": 10**5000}}, DiscardReason.INVALID_IDENTIFIERS,
+     "value of 'fs_user_id' is an integer of more than"),
+    ("identifiers lone surrogate value", {"identifiers": {"email": "a\ud800@example.com"}},
+     DiscardReason.INVALID_IDENTIFIERS, "value of 'email' has a lone surrogate"),
+    ("identifiers lone surrogate key", {"identifiers": {"e\udc00": "x"}}, DiscardReason.INVALID_IDENTIFIERS,
+     "has a lone surrogate"),
     ("data not a dict", {"data": ["x"]}, DiscardReason.INVALID_DATA, "must be a dict, not list"),
-    ("data non-string key", {"data": {1: "x"}}, DiscardReason.INVALID_DATA, "a key that is not a string: int"),
-    ("data nested dict", {"data": {"n": {"a": 1}}}, DiscardReason.INVALID_DATA, "value of 'n' is dict"),
-    ("data list", {"data": {"l": [1, 2]}}, DiscardReason.INVALID_DATA, "value of 'l' is list"),
-    ("data object", {"data": {"o": Opaque()}}, DiscardReason.INVALID_DATA, "value of 'o' is Opaque"),
-    ("data NaN", {"data": {"x": math.nan}}, DiscardReason.INVALID_DATA, "value of 'x' is nan"),
-    ("data Infinity", {"data": {"x": math.inf}}, DiscardReason.INVALID_DATA, "value of 'x' is inf"),
-    ("data -Infinity", {"data": {"x": -math.inf}}, DiscardReason.INVALID_DATA, "value of 'x' is -inf"),
+    ("data key not a scalar", {"data": {(1, 2): "x"}}, DiscardReason.INVALID_DATA, "A key that is not a string: tuple"),
+    ("data nested dict", {"data": {"n": {"a": 1}}}, DiscardReason.INVALID_DATA, "Value of 'n' is dict"),
+    ("data list", {"data": {"l": [1, 2]}}, DiscardReason.INVALID_DATA, "Value of 'l' is list"),
+    ("data object", {"data": {"o": Opaque()}}, DiscardReason.INVALID_DATA, "Value of 'o' is Opaque"),
+    ("data NaN", {"data": {"x": math.nan}}, DiscardReason.INVALID_DATA, "Value of 'x' is nan"),
+    ("data Infinity", {"data": {"x": math.inf}}, DiscardReason.INVALID_DATA, "Value of 'x' is inf"),
+    ("data -Infinity", {"data": {"x": -math.inf}}, DiscardReason.INVALID_DATA, "Value of 'x' is -inf"),
+    ("data huge int", {"data": {"n": 10**5000}}, DiscardReason.INVALID_DATA,
+     "Value of 'n' is an integer of more than 4300 digits"),
+    ("data lone surrogate value", {"data": {"note": "x\ud800y"}}, DiscardReason.INVALID_DATA,
+     "Value of 'note' has a lone surrogate"),
+    ("data lone surrogate key", {"data": {"n\ud800": 1}}, DiscardReason.INVALID_DATA, "A key has a lone surrogate"),
 ]
+OFFICIAL_WORDING = {
+    DiscardReason.INVALID_DATA: "ODP data is not valid.",
+    DiscardReason.INVALID_ACTION: "ODP action is not valid",
+}
 
 
 def _snapshot(value: Any) -> Any:
@@ -72,6 +89,7 @@ def test_bad_input_is_refused_with_its_reason_logged_nothing_sent_nothing_mutate
     assert not result
     assert result.reason is reason
     assert log in result.message
+    assert result.message.startswith(OFFICIAL_WORDING.get(reason, "ODP ")), "official wording first"
     errors = log_lines(caplog, logging.ERROR)
     assert errors == [result.message], "exactly one clear error line"
     for key, value in call.items():
@@ -246,3 +264,43 @@ def test_a_custom_manager_is_started_with_the_sdk_logger_center_and_integration(
     [event] = manager.events
     assert event.integration == client.odp_integration and event.action == "custom"
     assert collector.request_count() == 0
+
+
+def test_non_string_scalar_identifiers_and_scalar_data_keys_are_sent_as_the_official_sends_them(
+    make_client: ClientFactory, collector: OdpCollector,
+) -> None:
+    client = make_client()
+    calls: list[tuple[dict[str, Any], dict[Any, Any] | None]] = [
+        ({"fs_user_id": 123}, None),
+        ({"FS-USER-ID": 1.5, "email": None}, None),
+        ({"vuid": True, "": "an empty key"}, None),
+        ({"fs_user_id": "u"}, {1: "one", 2.5: "two and a half", None: "null"}),
+    ]
+    for identifiers, data in calls:
+        assert client.send_odp_event("numbers", identifiers, data=data), identifiers
+    client.flush(10)
+    sent = {json.dumps(event["identifiers"]) for request in collector.requests for event in json.loads(request.body)}
+    assert sent == {'{"fs_user_id": 123}', '{"email": null, "fs_user_id": 1.5}',
+                    '{"vuid": true, "": "an empty key"}', '{"fs_user_id": "u"}'}
+    with_keys = next(event for request in collector.requests for event in json.loads(request.body)
+                     if event["identifiers"] == {"fs_user_id": "u"})
+    assert {k: with_keys["data"][k] for k in ("1", "2.5", "null")} == {"1": "one", "2.5": "two and a half",
+                                                                        "null": "null"}
+
+
+def test_odp_is_disabled_is_logged_once(make_client: ClientFactory, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.clear()
+    make_client(odp_disabled=True)
+    assert [line for line in log_lines(caplog, logging.DEBUG) if "ODP is disabled" in line] == ["ODP is disabled."]
+
+
+def test_after_close_the_official_shutdown_wording_comes_first(make_client: ClientFactory,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    client = make_client()
+    client.close()
+    caplog.clear()
+    result = client.send_odp_event("late", {"fs_user_id": "u"})
+    assert not result and result.reason is DiscardReason.CLOSED
+    assert result.message.startswith("ODP event queue is shutdown, not accepting events.")
+    assert log_lines(caplog) == [result.message]
+    assert [r.levelno for r in caplog.records if r.getMessage() == result.message] == [logging.WARNING]

@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 from conftest import API_KEY, ClientFactory, log_lines
 from optimizely.config_manager import PollingConfigManager
 
-from optimizely_odp_ext import BatchEventManager, DiscardReason, IntegrationState, OdpIntegration
+from optimizely_odp_ext import (
+    ODP_EVENTS_DROPPED,
+    BatchEventManager,
+    DiscardReason,
+    EventManager,
+    IntegrationState,
+    OdpEvent,
+    OdpIntegration,
+    SendResult,
+)
+from optimizely_odp_ext.result import ACCEPTED
 from optimizely_odp_ext.testing import DatafileServer, OdpCollector, sample_datafile
 
 _revision = iter(range(100, 10_000))
@@ -28,9 +39,14 @@ def server() -> Iterator[DatafileServer]:
         yield running
 
 
+_sdk_keys = iter(range(1_000_000))
+
+
 def polling_manager(server: DatafileServer, logger: logging.Logger) -> PollingConfigManager:
-    """Polls the loopback server; the test triggers each poll with fetch_datafile()."""
-    return PollingConfigManager(url=server.url, update_interval=3600, blocking_timeout=5, logger=logger)
+    """Polls the loopback server; the test triggers each poll with fetch_datafile(). (optimizely-sdk
+    5.0 to 5.2 want an sdk_key even with a url; a fresh one keeps the SDK's registries apart.)"""
+    return PollingConfigManager(sdk_key=f"test-sdk-key-{next(_sdk_keys)}", url=server.url, update_interval=3600,
+                                blocking_timeout=5, logger=logger)
 
 
 def test_integration_added_changed_and_removed(make_client: ClientFactory, collector: OdpCollector,
@@ -88,18 +104,24 @@ def test_events_sent_before_the_datafile_are_held_then_delivered(
     assert client.odp_stats()["held_for_datafile"] == 0
 
 
-def test_held_events_are_discarded_when_the_datafile_says_not_integrated(
+def test_held_events_are_dropped_counted_and_announced_when_the_datafile_says_not_integrated(
     make_client: ClientFactory, collector: OdpCollector, server: DatafileServer, sdk_logger: logging.Logger,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     manager = polling_manager(server, sdk_logger)
     client = make_client(config_manager=manager)
-    assert client.send_odp_event("early", {"fs_user_id": "u"})
+    announced: list[tuple[str, int]] = []
+    client.notification_center.add_notification_listener(ODP_EVENTS_DROPPED, lambda *a: announced.append(a))
+    for i in range(3):
+        assert client.send_odp_event("early", {"fs_user_id": str(i)})
     server.set_datafile(datafile())
     manager.fetch_datafile()
     assert client.flush(5)
-    assert client.odp_stats()["discarded_not_integrated"] == 1
-    assert any("odpNotIntegrated" in line for line in log_lines(caplog, logging.ERROR))
+    stats = client.odp_stats()
+    assert stats["accepted"] == 3 and stats["dropped"] == {"odpNotIntegrated": 3} and stats["dropped_total"] == 3
+    assert stats["held_for_datafile"] == 0 and "discarded_not_integrated" not in stats
+    assert announced == [("odpNotIntegrated", 3)]
+    assert any("3 ODP events" in line and "odpNotIntegrated" in line for line in log_lines(caplog, logging.ERROR))
     assert collector.request_count() == 0
 
 
@@ -110,3 +132,88 @@ def test_flush_times_out_while_the_datafile_is_missing(make_client: ClientFactor
     assert client.flush(0.05) is False
     client.close(timeout=0.05)
     assert client.odp_stats()["held_for_datafile"] == 0
+
+
+@pytest.mark.parametrize("timeout", ["default", None])
+def test_flush_without_a_timeout_is_bounded(make_client: ClientFactory, server: DatafileServer,
+                                            sdk_logger: logging.Logger, monkeypatch: pytest.MonkeyPatch,
+                                            timeout: str | None) -> None:
+    from optimizely_odp_ext import client as client_module
+
+    assert client_module.DEFAULT_FLUSH_TIMEOUT == 30.0, "the documented default bound"
+    monkeypatch.setattr(client_module, "DEFAULT_FLUSH_TIMEOUT", 0.2)
+    client = make_client(config_manager=polling_manager(server, sdk_logger))
+    assert client.send_odp_event("early", {"fs_user_id": "u"})
+    outcome: list[bool] = []
+    flushing = threading.Thread(target=lambda: outcome.append(client.flush() if timeout == "default"
+                                                              else client.flush(None)), daemon=True)
+    flushing.start()
+    flushing.join(10)
+    assert not flushing.is_alive(), "flush() came back although the datafile never did"
+    assert outcome == [False]
+    client.close(timeout=0)
+
+
+def test_held_events_given_up_at_close_are_counted_announced_and_logged(
+    make_client: ClientFactory, server: DatafileServer, sdk_logger: logging.Logger,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = make_client(config_manager=polling_manager(server, sdk_logger))
+    announced: list[tuple[str, int]] = []
+    client.notification_center.add_notification_listener(ODP_EVENTS_DROPPED, lambda *a: announced.append(a))
+    for i in range(4):
+        assert client.send_odp_event("early", {"fs_user_id": str(i)})
+    client.close(timeout=0.05)
+    stats = client.odp_stats()
+    assert stats["accepted"] == 4 and stats["dropped"] == {"sdkNotReady": 4} and stats["held_for_datafile"] == 0
+    assert announced == [("sdkNotReady", 4)]
+    assert any("4 ODP events held for a datafile that never arrived" in line
+               for line in log_lines(caplog, logging.ERROR))
+
+
+class ParkingManager(EventManager):
+    """Keeps the first ``capacity`` parked events (as a spool would), delivers nothing."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.parked: list[OdpEvent] = []
+
+    def send(self, event: OdpEvent) -> SendResult:
+        return ACCEPTED
+
+    def park(self, events: Sequence[OdpEvent]) -> int:
+        self.parked = list(events)[: self.capacity]
+        return len(self.parked)
+
+
+def test_held_events_are_parked_at_close_and_only_the_rest_dropped(
+    make_client: ClientFactory, server: DatafileServer, sdk_logger: logging.Logger,
+) -> None:
+    manager = ParkingManager(capacity=2)
+    client = make_client(config_manager=polling_manager(server, sdk_logger), odp_event_manager=manager)
+    for i in range(3):
+        assert client.send_odp_event("early", {"fs_user_id": str(i)})
+    client.close(timeout=0.05)
+    assert [e.identifiers["fs_user_id"] for e in manager.parked] == ["0", "1"]
+    assert client.odp_stats()["dropped"] == {"sdkNotReady": 1}
+
+
+class FullManager(EventManager):
+    def send(self, event: OdpEvent) -> SendResult:
+        return SendResult.discarded(DiscardReason.QUEUE_FULL, "full")
+
+
+def test_held_events_the_manager_refuses_on_release_are_dropped_not_refused(
+    make_client: ClientFactory, collector: OdpCollector, server: DatafileServer, sdk_logger: logging.Logger,
+) -> None:
+    manager = polling_manager(server, sdk_logger)
+    client = make_client(config_manager=manager, odp_event_manager=FullManager())
+    announced: list[tuple[str, int]] = []
+    client.notification_center.add_notification_listener(ODP_EVENTS_DROPPED, lambda *a: announced.append(a))
+    assert client.send_odp_event("early", {"fs_user_id": "u"})
+    server.set_datafile(datafile(collector.url, API_KEY))
+    manager.fetch_datafile()
+    assert client.flush(5)
+    stats = client.odp_stats()
+    assert stats["accepted"] == 1 and stats["dropped"] == {"queueFull": 1} and stats["refused"] == {}
+    assert announced == [("queueFull", 1)]

@@ -59,3 +59,45 @@ def test_base_close_does_not_stop_delivery_early(make_client: ClientFactory, col
     client.close()
     assert collector.event_count() == 10
     assert not client.odp_manager.event_manager.is_running
+
+
+@pytest.mark.parametrize("user", ["user-1", ""])
+def test_identify_user_with_a_user_id_string_sends_what_5_0_to_5_5_send(
+    make_client: ClientFactory, collector: OdpCollector, user: str,
+) -> None:
+    client = make_client()
+    adapter = client.odp_manager.event_manager
+    adapter.identify_user(user)  # optimizely-sdk 5.0 to 5.5 pass the user id
+    assert client.flush(10)
+    [event] = collector.events
+    assert event["action"] == "identified" and event["type"] == "fullstack"
+    assert event["identifiers"] == {"fs_user_id": user}
+    assert set(event["data"]) == {"idempotence_id", "data_source_type", "data_source", "data_source_version"}
+
+
+def test_create_user_context_works_on_every_line_with_an_integrated_datafile(
+    make_client: ClientFactory, collector: OdpCollector,
+) -> None:
+    from optimizely_odp_ext.compat import IDENTIFY_TAKES_USER_ID
+
+    client = make_client()
+    user = client.create_user_context("user-1")
+    assert user is not None and user.decide("checkout_redesign").flag_key == "checkout_redesign"
+    assert client.flush(10)
+    expected = [{"fs_user_id": "user-1"}] if IDENTIFY_TAKES_USER_ID else []
+    assert [e["identifiers"] for e in collector.events if e["action"] == "identified"] == expected
+
+
+def test_no_identify_event_while_not_integrated(make_client: ClientFactory, collector: OdpCollector,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    import json
+
+    from optimizely_odp_ext.testing import sample_datafile
+
+    client = make_client(datafile=json.dumps(sample_datafile()))
+    caplog.clear()
+    client.odp_manager.event_manager.identify_user("user-1")
+    client.odp_manager.event_manager.identify_user({"fs_user_id": "u", "email": "e@example.com"})
+    assert client.flush(5)
+    assert collector.request_count() == 0
+    assert client.odp_stats()["refused_total"] == 0, "not a refusal: nothing was asked of send_odp_event"

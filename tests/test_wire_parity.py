@@ -1,9 +1,11 @@
 """For the same valid calls, ODP receives from OdpOptimizely what it receives from the
-official optimizely-sdk 5.x client (apart from idempotence_id values), side by side."""
+official optimizely-sdk 5.x client (apart from idempotence_id values), side by side: the
+same events, and for one event per request the same bytes."""
 
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import pytest
@@ -59,3 +61,43 @@ def test_same_calls_same_events_on_the_wire(make_client: ClientFactory, collecto
         twin = next(e for e in from_official if e["action"] == event["action"])
         assert list(event["identifiers"]) == list(twin["identifiers"])
         assert list(event["data"]) == list(twin["data"])
+
+
+BYTE_CALLS: list[tuple[str, dict[str, Any], Any, Any]] = [
+    *CALLS,
+    ("numbers", {"fs_user_id": 123, "score": 1.5, "flag": True, "none": None}, "fullstack", None),
+    ("unicode", {"email": "zoë@example.com", "": "empty key"}, "fullstack",
+     {"city": "Zürich", "emoji": "\U0001f600", "quote": 'say "hi"\n', "big": 10**30, "tiny": 1e-300}),
+    ("keys", {"fs_user_id": "u6"}, "fullstack", {1: "int key", 2.5: "float key", False: "bool key", None: "null"}),
+    ("floats", {"fs_user_id": "u7"}, "fullstack", {"a": 0.1, "b": -0.0, "c": 1e100, "d": 3.0}),
+]
+_IDEMPOTENCE_ID = re.compile(rb'"idempotence_id": "[0-9a-f-]{36}"')
+
+
+def _masked(body: bytes) -> bytes:
+    return _IDEMPOTENCE_ID.sub(b'"idempotence_id": "<uuid>"', body)
+
+
+def test_each_event_is_the_same_bytes_on_the_wire(make_client: ClientFactory, collector: OdpCollector,
+                                                  datafile: str) -> None:
+    """One event per request on both sides (the official with odp_event_flush_interval=0), so
+    whole request bodies compare byte for byte, apart from generated idempotence ids."""
+    from optimizely.helpers.sdk_settings import OptimizelySdkSettings
+    from optimizely.optimizely import Optimizely
+
+    official = Optimizely(datafile=datafile, event_dispatcher=RecordingEventDispatcher(),
+                          settings=OptimizelySdkSettings(odp_event_flush_interval=0))
+    for action, identifiers, event_type, data in BYTE_CALLS:
+        official.send_odp_event(action, copy.deepcopy(identifiers), event_type, copy.deepcopy(data))
+    official.close()
+    from_official = [request.body for request in collector.requests]
+    collector.clear()
+
+    ours = make_client()
+    for action, identifiers, event_type, data in BYTE_CALLS:
+        assert ours.send_odp_event(action, identifiers, event_type, data), action
+        ours.flush(10)
+    from_ours = [request.body for request in collector.requests]
+
+    assert len(from_official) == len(BYTE_CALLS)
+    assert [_masked(body) for body in from_ours] == [_masked(body) for body in from_official]

@@ -24,7 +24,7 @@ from optimizely_odp_ext.event import OdpEvent
 from optimizely_odp_ext.integration import OdpIntegration
 from optimizely_odp_ext.managers import lifecycle
 from optimizely_odp_ext.managers.base import DEFAULT_FLUSH_TIMEOUT, EventManager
-from optimizely_odp_ext.managers.batching import OBJECT_OVERHEAD, Encoded, queued
+from optimizely_odp_ext.managers.batching import OBJECT_OVERHEAD, Encoded, json_size_estimate, queued
 from optimizely_odp_ext.managers.fleet import FleetJobs
 from optimizely_odp_ext.managers.jobs import DeliveryJobs
 from optimizely_odp_ext.managers.spool_link import SpoolLink
@@ -34,6 +34,9 @@ from optimizely_odp_ext.settings import ManagerSettings
 from optimizely_odp_ext.spool import Spool, SpoolId, SpoolRecord
 from optimizely_odp_ext.spool.opening import SpoolProblem, open_configured_spool
 
+SAMPLE_EVERY_MASK = 63
+"""One event in 64 has its size measured at send (the mean size it counts for, until its batch
+is encoded, follows a burst of larger events within 64 events)."""
 SPAWN_LATENCY = 0.005
 """Seconds a request must take, on average, before a second worker is worth its GIL contention."""
 CLAIM_CHUNK = 5000
@@ -107,6 +110,9 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
         link = self._link
         if link is not None and link.write_through:
             return self._send_through(event, integration, link)
+        self._sampled += 1
+        if not self._sampled & SAMPLE_EVERY_MASK:  # now and then, measure one (a burst of large events)
+            self._json_estimate = max(self._json_estimate - self._json_estimate // 8, json_size_estimate(event))
         estimate = self._json_estimate + OBJECT_OVERHEAD
         s = self.settings
         with self._lock:
@@ -288,6 +294,7 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
                 flying += " (undelivered ones stay in the spool)"
             self.logger.error(f"ODP event manager closed with {dropped + len(kept) + in_flight} events "
                               f"undelivered (timeout {limit:g}s){where}{flying}.")
+        self._log_limiter.flush()
         self._transport.close()
         if self._link is not None:
             self._link.close()

@@ -103,6 +103,16 @@ class Batch:
         return f"Batch(id={self.id}, host={self.destination.host!r}, count={self.count})"
 
 
+def json_size_estimate(event: OdpEvent) -> int:
+    """About how many bytes of JSON ``event`` makes (an upper estimate for ASCII text). Costs about
+    a microsecond for a small event: a manager measures only a sample."""
+    size = 170 + len(event.type) + len(event.action)  # the keys, punctuation and default data
+    for pairs in (event.identifiers, event.data or {}):
+        for key, value in pairs.items():
+            size += len(key) + (len(value) if isinstance(value, str) else 24) + 8
+    return size
+
+
 def to_wire(item: Queued) -> dict[str, Any]:
     """The dict ``json.dumps`` turns into the event's bytes (a new idempotence id)."""
     return wire_dict(item[2], item[3], item[4], item[5])

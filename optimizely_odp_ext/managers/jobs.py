@@ -126,7 +126,7 @@ class DeliveryJobs(ManagerState):
                        f"retry #{done.dest.failures} in {done.delay:.2f}s.")
             if done.dest.unauthorized:
                 message += f" The key {mask_key(batch.destination.api_key)} is refused: waiting for a new one."
-            self._log("warning", message)
+            self._log("warning", message, "failed requests kept for a retry")
         if self._ledger.forget_if_idle(done.dest):
             self._route = (None, None)
 
@@ -158,6 +158,6 @@ class DeliveryJobs(ManagerState):
             if expired:
                 count = sum(batch.count for batch in expired)
                 self._log("error", f"ODP gave up {count} events older than {self.settings.max_event_age:g}s "
-                                   f"(destination {dest.integration.host}).")
+                                   f"(destination {dest.integration.host}).", "notices of events given up as too old")
                 self._give_up(count, DiscardReason.EXPIRED, [i for b in expired for i in b.spool_ids or ()],
                               sum(batch.memory for batch in expired))

@@ -55,8 +55,9 @@ class Completion(NamedTuple):
 KEEP_DESTINATIONS = 4
 """Idle destinations are kept while there are no more than this many (a key rotation leaves a few)."""
 
-Log = Callable[[str, str], None]
-"""``log(level, message)``: a line to write once the manager's lock is released."""
+Log = Callable[[str, str, str], None]
+"""``log(level, message, key)``: a line to write once the manager's lock is released; lines of a
+non-empty ``key`` are rate-limited (:class:`~optimizely_odp_ext.logs.LogRateLimiter`)."""
 
 
 class DeliveryLedger:
@@ -129,13 +130,14 @@ class DeliveryLedger:
             self.note(notifications.ODP_BATCH_DELIVERED, batch.destination.host, count, outcome.status)
             return Completion(Fate.DELIVERED, dest)
         if kind is OutcomeKind.FAILED or (kind is OutcomeKind.REJECTED and count <= 1):
-            log("error", f"ODP refused {count} event(s) for good ({outcome.detail}); they are dropped.")
+            log("error", f"ODP refused {count} event(s) for good ({outcome.detail}); they are dropped.",
+                "requests refused by ODP for good")
             self.drop(count, DiscardReason.REJECTED)
             return Completion(Fate.DROPPED, dest)
         if not keep:
             return Completion(Fate.ABANDONED, dest)
         if kind is OutcomeKind.REJECTED:
-            log("debug", f"ODP refused a batch of {count} ({outcome.detail}); splitting it.")
+            log("debug", f"ODP refused a batch of {count} ({outcome.detail}); splitting it.", "")
             dest.ready.extendleft(reversed(halves or batch.split()))
             return Completion(Fate.SPLIT, dest)
         if kind is OutcomeKind.UNAUTHORIZED and new_key is not None and new_key != batch.destination:
@@ -189,7 +191,7 @@ class DeliveryLedger:
             target.waiting = sorted(target.waiting + source.waiting, key=lambda item: item[0])
             source.waiting = []
         target.ready.extendleft(reversed(batches))
-        log("info", f"ODP: {moved} events refused with an old key move to key {mask_key(integration.api_key)}.")
+        log("info", f"ODP: {moved} events refused with an old key move to key {mask_key(integration.api_key)}.", "")
 
     def hurry(self, now: float) -> None:
         """A flush or close is waiting: every destination may be tried at once, unless the

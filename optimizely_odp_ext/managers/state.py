@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 from optimizely_odp_ext import notifications
 from optimizely_odp_ext.integration import OdpIntegration
+from optimizely_odp_ext.logs import LogRateLimiter
 from optimizely_odp_ext.managers.batching import OBJECT_OVERHEAD, Batch, Destination, Encoded, Waiting
 from optimizely_odp_ext.managers.ledger import DeliveryLedger
 from optimizely_odp_ext.managers.spool_link import SpoolLink
@@ -34,7 +35,7 @@ class Output(NamedTuple):
     number: int
     """Its place in the order outputs were taken; -1 when there is nothing to emit."""
     notes: list[notifications.Note]
-    logs: list[tuple[str, str]]
+    logs: list[tuple[str, str, str]]
 
 
 class ManagerState:
@@ -67,11 +68,13 @@ class ManagerState:
         self._encoded_bytes = 0
         """Memory of the rest (encoded events and batches), as counted against max_queue_bytes."""
         self._json_estimate = 300
-        """Mean JSON size of an event so far."""
+        """Mean JSON size of an event lately (batches encoded, and a sample of events sent)."""
+        self._sampled = 0
         self._unbound: list[Encoded] = []
         """Events read back from a spool whose destination was not known when they were parked."""
         self._ledger = DeliveryLedger(s)
-        self._logs: list[tuple[str, str]] = []
+        self._logs: list[tuple[str, str, str]] = []
+        self._log_limiter = LogRateLimiter()
         self._outputs_taken = 0
         self._unemitted: set[int] = set()
         """Outputs taken and not emitted yet (see :meth:`_emit`)."""
@@ -217,9 +220,10 @@ class ManagerState:
         return dropped + more_dropped, kept + more_kept + [item.spool_id for item in self._unbound]
 
     # -- log lines and notifications -------------------------------------------------------------
-    def _log(self, level: str, message: str) -> None:
-        """Log once the lock is released (lock held)."""
-        self._logs.append((level, message))
+    def _log(self, level: str, message: str, key: str = "") -> None:
+        """Log once the lock is released (lock held); lines of a non-empty ``key`` are
+        rate-limited: the first at once, then a summary per interval."""
+        self._logs.append((level, message, key))
 
     def _take_output(self) -> Output:
         """The log lines and notifications collected so far, for :meth:`_emit` (lock held)."""
@@ -238,8 +242,12 @@ class ManagerState:
         if output.number < 0:
             return
         try:
-            for level, message in output.logs:
-                getattr(self.logger, level)(message)
+            for level, message, key in output.logs:
+                method = getattr(self.logger, level)
+                if key:
+                    self._log_limiter.log(method, key, message)
+                else:
+                    method(message)
             notifications.fire(self.notification_center, output.notes)
         finally:
             with self._lock:

@@ -38,6 +38,7 @@ from typing import Any, Literal
 from optimizely_odp_ext import encoding, notifications
 from optimizely_odp_ext.event import OdpEvent
 from optimizely_odp_ext.integration import OdpIntegration
+from optimizely_odp_ext.logs import LogRateLimiter
 from optimizely_odp_ext.managers import lifecycle
 from optimizely_odp_ext.managers.base import DEFAULT_FLUSH_TIMEOUT, EventManager
 from optimizely_odp_ext.managers.batching import Batch, Destination, Encoded, Waiting, seal
@@ -105,7 +106,8 @@ class SyncEventManager(EventManager):
         self._accepted = 0
         self._flushing = 0
         """Flushes (and a close) under way: retries within them are not left to wait long."""
-        self._logs: list[tuple[str, str]] = []
+        self._logs: list[tuple[str, str, str]] = []
+        self._log_limiter = LogRateLimiter()
         self._transport = Transport(self.settings.request_timeout, pool_size=10)
 
     def start(self, *, logger: Any, notification_center: Any, integration: OdpIntegration | None) -> None:
@@ -194,6 +196,7 @@ class SyncEventManager(EventManager):
         if left or in_flight:
             self.logger.error(f"ODP event manager closed with {left + in_flight} events undelivered "
                               f"(timeout {limit:g}s).")
+        self._log_limiter.flush()
         self._transport.close()
         lifecycle.untrack(self)
         return self._close_result
@@ -284,23 +287,27 @@ class SyncEventManager(EventManager):
                 self._held_bytes -= _buffered_bytes(batch)
             elif done.fate is Fate.RETRY:
                 self._log("warning", f"ODP request failed ({outcome.detail}); {batch.count} events kept for a "
-                                     f"retry in {done.delay:.2f}s or later.")
+                                     f"retry in {done.delay:.2f}s or later.", "failed requests kept for a retry")
             self._ledger.forget_if_idle(done.dest)
             self._changed.notify_all()
             output = self._take_output()
         self._emit(output)
 
-    def _log(self, level: str, message: str) -> None:
-        self._logs.append((level, message))
+    def _log(self, level: str, message: str, key: str = "") -> None:
+        self._logs.append((level, message, key))
 
-    def _take_output(self) -> tuple[list[notifications.Note], list[tuple[str, str]]]:
+    def _take_output(self) -> tuple[list[notifications.Note], list[tuple[str, str, str]]]:
         logs, self._logs = self._logs, []
         return self._ledger.take_notes(), logs
 
-    def _emit(self, output: tuple[list[notifications.Note], list[tuple[str, str]]]) -> None:
+    def _emit(self, output: tuple[list[notifications.Note], list[tuple[str, str, str]]]) -> None:
         notes, logs = output
-        for level, message in logs:
-            getattr(self.logger, level)(message)
+        for level, message, key in logs:
+            method = getattr(self.logger, level)
+            if key:
+                self._log_limiter.log(method, key, message)
+            else:
+                method(message)
         notifications.fire(self.notification_center, notes)
 
     def at_exit(self) -> None:

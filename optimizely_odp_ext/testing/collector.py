@@ -674,9 +674,9 @@ def _check_events(events: list[Any]) -> str:
             return f"events[{index}].action must be a non-empty string"
         if type(identifiers) is not dict or not identifiers:
             return f"events[{index}].identifiers must be a non-empty object"
-        for name, value in identifiers.items():
-            if type(value) is not str:
-                return f"events[{index}].identifiers.{name} must be a string"
+        for name, value in identifiers.items():  # the official client sends numbers, booleans, null too
+            if type(value) not in scalars:
+                return f"events[{index}].identifiers.{name} must be a string, number, boolean or null"
         if "data" in event:
             data = event["data"]
             if type(data) is not dict:

@@ -159,3 +159,36 @@ def test_counters_add_up_and_memory_returns_after_retries_splits_and_refusals(
     assert stats["dropped"] == {"rejectedByServer": sum(1 for i in range(accepted) if str(i).endswith("7"))}
     assert (stats["queued"], stats["queued_bytes"], stats["in_flight"]) == (0, 0, 0)
     assert stats["retries"] >= 3 and stats["requests"] > stats["batches_sent"]
+
+
+def test_a_burst_of_large_events_after_small_ones_stays_within_max_queue_bytes(collector: OdpCollector) -> None:
+    collector.respond_with(503)  # an outage: everything accepted stays queued
+    integration = OdpIntegration(collector.url, API_KEY)
+    cap = 4 * 1024 * 1024
+    manager = started(BatchEventManager(max_queue_bytes=cap, max_queue_events=10**6, **FAST_RETRY), integration)
+    small = [manager.send(event(i, integration)) for i in range(200)]
+    large = build_event("edge", {"fs_user_id": "big"}, data={"blob": "x" * 20_000})
+    large.integration = integration
+    accepted = sum(1 for _ in range(2_000) if manager.send(large))
+    assert all(small) and 0 < accepted < 2_000
+    manager.flush(0.5)  # cuts and encodes every waiting event (nothing can be delivered)
+    assert manager.stats()["queued_bytes"] <= cap * 1.1, "counted as what they take once encoded"
+    manager.close(0)
+
+
+def test_a_long_outage_logs_a_failed_request_once_per_interval_with_a_count(
+        make_client: ClientFactory, collector: OdpCollector, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from conftest import log_lines
+
+    collector.respond_with(503)
+    manager = BatchEventManager(retry_initial_backoff=0.001, retry_max_backoff=0.002)
+    client = make_client(odp_event_manager=manager)
+    assert client.send_odp_event("down", {"fs_user_id": "u"})
+    assert collector.wait_for_requests(30), "many failed attempts"
+    manager.close(0)
+    retries = manager.stats()["retries"]
+    lines = [line for line in log_lines(caplog, logging.WARNING) if "HTTP 503" in line or "failed requests" in line]
+    assert retries >= 29 and len(lines) <= 3, lines
+    assert any(line.startswith("... and ") and "more failed requests kept for a retry" in line for line in lines)

@@ -205,7 +205,7 @@ BAD_EVENTS: list[Any] = [
     {**make_event(), "action": None},
     _without("identifiers"),
     {**make_event(), "identifiers": {}},
-    {**make_event(), "identifiers": {"fs_user_id": 1}},
+    {**make_event(), "identifiers": {"fs_user_id": {"nested": "x"}}},
     {**make_event(), "identifiers": ["fs_user_id"]},
     {**make_event(), "data": ["x"]},
     {**make_event(), "data": None},
@@ -221,6 +221,12 @@ def test_shape_violation_is_400_and_nothing_is_recorded(collector: OdpCollector,
     assert response.json()["detail"].startswith("events[1]")
     assert collector.event_count() == 0 and collector.events == []
     assert collector.requests[0].status == 400
+
+
+def test_scalar_identifier_values_are_accepted_as_the_official_client_sends_them(collector: OdpCollector) -> None:
+    event = {**make_event(), "identifiers": {"fs_user_id": 123, "email": "a@example.com", "vip": True, "x": None}}
+    assert post(collector, [event]).status_code == 202
+    assert collector.events[0]["identifiers"] == event["identifiers"]
 
 
 def test_empty_list_is_400(collector: OdpCollector) -> None:
