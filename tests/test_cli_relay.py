@@ -182,9 +182,9 @@ def test_a_relay_restarted_under_its_name_delivers_what_it_held_at_once(
     collector.reset_faults()
     second = processes.command("relay", redis_server.url, "--consumer", "relay-a", "--claim-after", "600")
     assert collector.wait_for_events(300, timeout=20), "its own backlog first, not after claim_after (600 s)"
-    assert any("as relay-a" in line for line in second.stderr)
     second.process.send_signal(signal.SIGTERM)
     assert second.wait(20) == 0
+    assert any("as relay-a" in line for line in second.stderr)
     assert users(collector) == Counter(f"e-{i}" for i in range(300)) and stream_length(redis_server) == 0
 
 

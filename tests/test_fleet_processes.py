@@ -236,7 +236,7 @@ def test_a_producer_only_process_and_two_relays_deliver_each_event_once_and_sigt
     assert collector.duplicates() == {}, "a graceful stop finishes its requests before it hands back"
     assert stream_length(redis_server) == 0 and pending_count(redis_server) == 0
     for relay in relays:
-        assert relay.stderr[0].startswith("optimizely-odp: relay: delivering from redis://127.0.0.1:")
+        assert any(line.startswith("optimizely-odp: relay: delivering from redis://") for line in relay.stderr)
         assert relay_status(relay), "periodic status lines"
         assert "SIGTERM received: draining" in "\n".join(relay.stderr)
         assert relay.stderr[-1].startswith("optimizely-odp: relay: stopped; delivered ")
