@@ -400,6 +400,21 @@ class OdpOptimizely(Optimizely):
                 self._odp_lock.wait(remaining)
         return True
 
+    # -- asyncio (optimizely_odp_ext.aio) -----------------------------------------------------
+    async def flush_async(self, timeout: float | None = None) -> bool:
+        """``flush(timeout)`` for asyncio code: runs on a thread, never blocks the event loop.
+        Cancelling the await stops waiting, not delivery. Thread-safe."""
+        from optimizely_odp_ext import aio
+
+        return await aio.flush_async(self, timeout)
+
+    async def close_async(self, timeout: float | None = None) -> None:
+        """``close(timeout)`` for asyncio code: runs on a thread, never blocks the event loop.
+        Cancelling the await does not undo the close; awaiting it again waits for it. Thread-safe."""
+        from optimizely_odp_ext import aio
+
+        await aio.close_async(self, timeout)
+
 
 def _default_manager(sdk: compat.SdkOdpSettings, notes: list[str]) -> BatchEventManager:
     """A :class:`BatchEventManager` configured from the SDK's ODP settings (which win over the

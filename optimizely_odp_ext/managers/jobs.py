@@ -160,4 +160,4 @@ class DeliveryJobs(ManagerState):
                 self._log("error", f"ODP gave up {count} events older than {self.settings.max_event_age:g}s "
                                    f"(destination {dest.integration.host}).", "notices of events given up as too old")
                 self._give_up(count, DiscardReason.EXPIRED, [i for b in expired for i in b.spool_ids or ()],
-                              sum(batch.memory for batch in expired))
+                              sum(batch.memory for batch in expired), dest.integration.host)

@@ -77,6 +77,8 @@ class DeliveryLedger:
         """``requests``, ``batches_sent``, ``delivered`` and ``retries``."""
         self.dropped: Counter[str] = Counter()
         """Events accepted and then given up, by :class:`DiscardReason` value."""
+        self.by_host: dict[str, Counter[str]] = {}
+        """Per ODP host (never the key): ``delivered``, ``dropped_total``, ``requests``, ``retries``."""
         self.notes: list[notifications.Note] = []
 
     def destination(self, integration: OdpIntegration) -> Destination:
@@ -121,18 +123,21 @@ class DeliveryLedger:
         self.in_flight.pop(batch.id, None)
         self.in_flight_events -= count
         self.counts["requests"] += 1
+        host = self._host(batch.destination.host)
+        host["requests"] += 1
         dest = self.destination(batch.destination)
         dest.in_flight -= 1
         if kind is OutcomeKind.DELIVERED:
             dest.failures, dest.not_before, dest.unauthorized = 0, 0.0, False
             self.counts["batches_sent"] += 1
             self.counts["delivered"] += count
+            host["delivered"] += count
             self.note(notifications.ODP_BATCH_DELIVERED, batch.destination.host, count, outcome.status)
             return Completion(Fate.DELIVERED, dest)
         if kind is OutcomeKind.FAILED or (kind is OutcomeKind.REJECTED and count <= 1):
             log("error", f"ODP refused {count} event(s) for good ({outcome.detail}); they are dropped.",
                 "requests refused by ODP for good")
-            self.drop(count, DiscardReason.REJECTED)
+            self.drop(count, DiscardReason.REJECTED, batch.destination.host)
             return Completion(Fate.DROPPED, dest)
         if not keep:
             return Completion(Fate.ABANDONED, dest)
@@ -154,14 +159,38 @@ class DeliveryLedger:
         dest.server_wait_until = now + delay if outcome.retry_after is not None else 0.0
         dest.ready.appendleft(batch)
         self.counts["retries"] += 1
+        host["retries"] += 1
         self.note(notifications.ODP_BATCH_FAILED, batch.destination.host, count, outcome.status, delay)
         return Completion(Fate.RETRY, dest, delay)
 
-    def drop(self, count: int, reason: DiscardReason) -> None:
-        """Count ``count`` accepted events as given up for ``reason`` and note it (nothing when 0)."""
+    def drop(self, count: int, reason: DiscardReason, host: str | None = None) -> None:
+        """Count ``count`` accepted events as given up for ``reason`` (and against ``host``, when
+        known) and note it (nothing when 0)."""
         if count:
             self.dropped[reason.value] += count
+            if host is not None:
+                self._host(host)["dropped_total"] += count
             self.note(notifications.ODP_EVENTS_DROPPED, reason.value, count)
+
+    def _host(self, host: str) -> Counter[str]:
+        figures = self.by_host.get(host)
+        if figures is None:
+            figures = self.by_host[host] = Counter()
+        return figures
+
+    def destination_stats(self) -> dict[str, dict[str, int]]:
+        """``stats()["destinations"]``: per ODP host, what was delivered, given up, requested and
+        retried, and what waits (``queued``) or is under way (``in_flight``) now."""
+        figures = {host: {"delivered": c["delivered"], "dropped_total": c["dropped_total"], "requests": c["requests"],
+                          "retries": c["retries"], "queued": 0, "in_flight": 0} for host, c in self.by_host.items()}
+        empty = {"delivered": 0, "dropped_total": 0, "requests": 0, "retries": 0, "queued": 0, "in_flight": 0}
+        for dest in self.destinations.values():
+            waiting = len(dest.waiting) + sum(batch.count for batch in dest.ready)
+            if waiting:
+                figures.setdefault(dest.integration.host, dict(empty))["queued"] += waiting
+        for batch in self.in_flight.values():
+            figures.setdefault(batch.destination.host, dict(empty))["in_flight"] += batch.count
+        return figures
 
     def note(self, kind: str, *args: Any) -> None:
         self.notes.append((kind, args))
@@ -224,4 +253,5 @@ class DeliveryLedger:
             "requests": self.counts["requests"],
             "batches_sent": self.counts["batches_sent"],
             "retries": self.counts["retries"],
+            "destinations": self.destination_stats(),
         }

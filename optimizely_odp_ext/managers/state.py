@@ -163,11 +163,12 @@ class ManagerState:
         return placed
 
     # -- giving up -----------------------------------------------------------------------------
-    def _give_up(self, count: int, reason: DiscardReason, spool_ids: list[SpoolId], memory: int) -> None:
+    def _give_up(self, count: int, reason: DiscardReason, spool_ids: list[SpoolId], memory: int,
+                 host: str | None = None) -> None:
         """Events given up for good: counted, announced, and their spool rows removed (soon)."""
         if not count:
             return
-        self._ledger.drop(count, reason)
+        self._ledger.drop(count, reason, host)
         self._held -= count
         self._encoded_bytes -= memory
         self._pending_acks.extend(i for i in spool_ids if i)
@@ -183,8 +184,8 @@ class ManagerState:
             in_spool = [i for i in batch.spool_ids or () if i]
             kept += in_spool
             dropped += batch.count - len(in_spool)
+            self._ledger.drop(batch.count - len(in_spool), DiscardReason.SHUTDOWN, batch.destination.host)
             self._encoded_bytes -= batch.memory
-        self._ledger.drop(dropped, DiscardReason.SHUTDOWN)
         self._held -= dropped
         self._done.notify_all()
         return dropped, kept

@@ -192,3 +192,17 @@ def test_a_long_outage_logs_a_failed_request_once_per_interval_with_a_count(
     lines = [line for line in log_lines(caplog, logging.WARNING) if "HTTP 503" in line or "failed requests" in line]
     assert retries >= 29 and len(lines) <= 3, lines
     assert any(line.startswith("... and ") and "more failed requests kept for a retry" in line for line in lines)
+
+
+def test_stats_per_destination_host_never_name_the_key(make_client: ClientFactory, collector: OdpCollector) -> None:
+    client = make_client(odp_event_manager=BatchEventManager(flush_interval=0.01))
+    collector.respond_with(503, times=1)
+    collector.reject_events(lambda e: e["action"] == "poison")
+    for i in range(10):
+        assert client.send_odp_event("poison" if i == 4 else "ok", {"fs_user_id": str(i)})
+    assert client.flush(10)
+    figures = client.odp_stats()["destinations"]
+    assert list(figures) == [collector.url] and API_KEY not in repr(figures)
+    host = figures[collector.url]
+    assert (host["delivered"], host["dropped_total"], host["queued"], host["in_flight"]) == (9, 1, 0, 0)
+    assert host["retries"] >= 1 and host["requests"] >= 3
