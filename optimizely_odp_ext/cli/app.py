@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Callable, NoReturn
 
 from optimizely_odp_ext import __version__, compat
-from optimizely_odp_ext.cli import collector, doctor, import_command, send, spool
+from optimizely_odp_ext.cli import collector, doctor, import_command, relay, send, spool
 from optimizely_odp_ext.cli.common import (
     EXIT_BROKEN_PIPE,
     EXIT_INTERNAL,
@@ -101,6 +101,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version",
                         version=f"%(prog)s {__version__} (optimizely-sdk {compat.SDK_VERSION})")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for command in (send, doctor, import_command, collector, spool):
+    for command in (send, doctor, import_command, collector, spool, relay):
         command.add_parser(commands, verbose)
     return parser

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from optimizely_odp_ext import __version__, compat
+from optimizely_odp_ext.cli import spool_redis
 from optimizely_odp_ext.cli.common import EXIT_FAILED, EXIT_OK, plural
 from optimizely_odp_ext.cli.delivery import Delivery, deliver
 from optimizely_odp_ext.cli.session import (
@@ -21,6 +22,7 @@ from optimizely_odp_ext.cli.session import (
 from optimizely_odp_ext.event import DEFAULT_EVENT_TYPE
 from optimizely_odp_ext.integration import IntegrationState, OdpIntegration, mask_key
 from optimizely_odp_ext.settings import ENV_PREFIX, SETTINGS, ManagerSettings, odp_disabled_by_environment
+from optimizely_odp_ext.spool.urls import mask_url
 
 DOCTOR_ACTION = "doctor_test"
 DOCTOR_IDENTIFIERS = {"fs_user_id": "optimizely-odp-doctor"}
@@ -66,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         warnings.append("no datafile given (--datafile, --sdk-key or --datafile-url): the ODP integration "
                         "is unknown")
     try:
+        redis_line, redis_failed = spool_redis.doctor_check(settings, session, warnings)
         if session is not None:
             config = session.wait_for_datafile()
             revision = f" (revision {getattr(config, 'revision', '?')})" if config is not None else ""
@@ -99,15 +102,18 @@ def run(args: argparse.Namespace) -> int:
         where = {"argument": f"argument (--set {setting.name})",
                  "environment": f"environment ({setting.env_var})"}.get(source, source)
         value = getattr(settings, setting.name)
+        value = mask_url(value) if setting.secret and isinstance(value, str) else value  # spool_url's password
         shown = "-" if value is None else str(round(value, 3)) if isinstance(value, float) else str(value)
         print(f"  {setting.name:<23}{shown:<12} {where}")
     if spool_line:
         print(f"spool: {spool_line}")
+    if redis_line:
+        print(f"spool: {redis_line}")
     if warnings:
         print("warnings:")
         for warning in warnings:
             print(f"  - {warning}")
-    healthy = state is IntegrationState.INTEGRATED and not disabled_by and not spool_problem
+    healthy = state is IntegrationState.INTEGRATED and not disabled_by and not spool_problem and not redis_failed
     if args.send_test_event:
         print("test event:")
         if delivery is None:

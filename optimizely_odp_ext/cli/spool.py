@@ -11,6 +11,7 @@ import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
+from optimizely_odp_ext.cli import spool_redis
 from optimizely_odp_ext.cli.common import (
     DEFAULT_TIMEOUT,
     EXIT_FAILED,
@@ -57,6 +58,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser],
     purge.add_argument("path", metavar="PATH")
     purge.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     purge.set_defaults(handler=run_purge)
+    spool_redis.add_arguments(spool_commands)  # a redis:// URL instead of a PATH: cli/spool_redis.py
 
 
 def _batch_size(text: str) -> int:

@@ -30,7 +30,7 @@ from optimizely_odp_ext.managers.jobs import DeliveryJobs
 from optimizely_odp_ext.managers.state import ENCODED_OVERHEAD, encoded_memory, seq_of
 from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
 from optimizely_odp_ext.settings import ManagerSettings, seconds
-from optimizely_odp_ext.spool import Spool, SpoolRecord
+from optimizely_odp_ext.spool import Spool, SpoolId, SpoolRecord
 
 if TYPE_CHECKING:  # imported when a spool is configured: a manager without one loads neither
     from optimizely_odp_ext.managers.spool_link import SpoolLink
@@ -44,6 +44,7 @@ SPAWN_LATENCY = 0.005
 (and, with ``n`` workers, at least ``2 n`` times what encoding a batch takes)."""
 CLAIM_CHUNK = 5000
 """Events a previous run left in the spool, read per call."""
+SETTLE_POLL = 0.05
 
 Job = Callable[[], None]
 
@@ -268,6 +269,7 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
                 return self._close_result
             self._closed = True
         limit = self.settings.close_timeout if timeout is None else max(0.0, timeout)
+        deadline = time.monotonic() + limit
         delivered_all = self.flush(limit)
         with self._lock:
             self._stopping = self._finished = True
@@ -283,6 +285,12 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
             link.ack(acks)
         if link is not None and link.shared:
             dropped += self._give_back(kept)
+            in_flight = self._settle(deadline)
+            with self._lock:
+                late = self._take_late_claims()
+            if late:
+                self._give_back(late)
+                kept += late
         self._close_result = delivered_all and not dropped and not kept and not in_flight
         if dropped or kept or in_flight:
             if link is not None and link.shared:
@@ -300,6 +308,32 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
             self._link.close()
         lifecycle.untrack(self)
         return self._close_result
+
+    def _settle(self, deadline: float) -> int:
+        """At close, in a fleet (lock released): wait until the requests under way and a claim
+        under way ended, or ``deadline``, so that what ODP acknowledges is acknowledged in the
+        shared spool before it closes (else another member delivers it again), and what a claim
+        under way takes is handed back too (else it waits ``claim_after``). Returns the events
+        still in flight."""
+        with self._lock:
+            while self._ledger.in_flight_events + self._sealing_events or self._claiming:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._done.wait(min(remaining, SETTLE_POLL))  # a claim ending does not notify _done
+            return self._ledger.in_flight_events + self._sealing_events
+
+    def _take_late_claims(self) -> list[SpoolId]:
+        """At close, after :meth:`_settle` (lock held): the claimed events that a claim under way
+        placed after the rest was handed back, taken out to be handed back too."""
+        late: list[SpoolId] = []
+        for dest in self._ledger.destinations.values():
+            claimed = [item for item in dest.waiting if isinstance(item, Encoded) and item.spool_id]
+            if claimed:
+                late += [item.spool_id for item in claimed]
+                self._encoded_bytes -= encoded_memory(claimed)
+                dest.waiting = [item for item in dest.waiting if not (isinstance(item, Encoded) and item.spool_id)]
+        return late
 
     def stats(self) -> dict[str, Any]:
         """A snapshot of the counters. Non-blocking; thread-safe."""

@@ -13,7 +13,15 @@ import time
 from collections.abc import Sequence
 from typing import Any, cast
 
-from optimizely_odp_ext.spool.base import SharedSpool, Spool, SpooledEvent, SpoolError, SpoolId, SpoolRecord
+from optimizely_odp_ext.spool.base import (
+    SharedSpool,
+    Spool,
+    SpooledEvent,
+    SpoolError,
+    SpoolId,
+    SpoolRecord,
+    SpoolUnavailableError,
+)
 
 OK = "ok"
 FAILING = "failing"
@@ -21,6 +29,12 @@ FAILING = "failing"
 CLOSED = "closed"
 RECOVERED = "recovered"
 """A damaged spool file was renamed aside at opening and a fresh one is in use (see the log)."""
+UNAVAILABLE = "unavailable"
+"""``last_error_kind``: the store cannot be reached or cannot take it now
+(:class:`~optimizely_odp_ext.spool.base.SpoolUnavailableError`); it may work again by itself."""
+REFUSED = "refused"
+"""``last_error_kind``: the store refused the call (a wrong password, an ACL without the command,
+a key of another type): it will not work until someone changes its configuration."""
 
 
 class SpoolLink:
@@ -35,6 +49,7 @@ class SpoolLink:
         self._opening_notes = notes
         self._state = RECOVERED if notes.get("damaged_file") else OK
         self._last_error = ""
+        self._last_error_kind = ""
         self._failures = 0
         self._since = time.time()
         self._figures: dict[str, Any] = {}
@@ -147,7 +162,8 @@ class SpoolLink:
             self._state = CLOSED
 
     def state(self) -> dict[str, Any]:
-        """``kind``, ``state``, ``description``, and when failing ``last_error`` and ``failures``.
+        """``kind``, ``state``, ``description``, and when failing ``last_error``,
+        ``last_error_kind`` (:data:`UNAVAILABLE` or :data:`REFUSED`) and ``failures``.
         Non-blocking (no store call)."""
         kind = getattr(self.spool, "kind", type(self.spool).__name__)
         with self._lock:
@@ -155,6 +171,7 @@ class SpoolLink:
                                      "since": self._since}
             if self._last_error:
                 state["last_error"] = self._last_error
+                state["last_error_kind"] = self._last_error_kind
                 state["failures"] = self._failures
             state.update(self._figures)
         state.update(self._opening_notes)
@@ -164,6 +181,7 @@ class SpoolLink:
         with self._lock:
             self._failures += 1
             self._last_error = str(error)
+            self._last_error_kind = UNAVAILABLE if isinstance(error, SpoolUnavailableError) else REFUSED
             changed = self._state != FAILING
             if changed:
                 self._state, self._since = FAILING, time.time()

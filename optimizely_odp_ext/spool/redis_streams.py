@@ -31,7 +31,11 @@ The design, decision by decision:
   The group is created on first use at id ``0`` with ``MKSTREAM`` (``BUSYGROUP`` ignored),
   so entries appended before any consumer existed are delivered, and again if the stream
   was deleted meanwhile (``NOGROUP``).
-- **ack** is ``XACK`` + ``XDEL`` in one ``MULTI``/``EXEC``.
+- **ack** is ``XACK`` + ``XDEL`` in one ``MULTI``/``EXEC``. When Redis cannot be reached, the
+  ids are kept and acknowledged again with the next ack, or before the next claim or close
+  (the first attempt may have been executed with its reply lost: acknowledging twice is
+  harmless). Until then the entries stay pending with this consumer, so a flush waits for
+  them; if this process dies first, another member delivers them again after ``claim_after``.
 - **touch** keeps the entries a process is still delivering (a long request, a retry
   backoff during an ODP outage) from being taken over: it resets their idle time with
   ``XCLAIM ... JUSTID``, only for entries the group still lists as this consumer's. The
@@ -263,6 +267,9 @@ class RedisStreamSpool:
         self._closed = False
         self._held: set[str] = set()
         """Ids handed out by claim() and not acked, released or taken over since."""
+        self._ack_later: set[str] = set()
+        """Held ids whose ack failed because Redis could not be reached: acknowledged with the next
+        ack, or before the next claim or close."""
         self._group_ready = False
         self._backlog_from: str | None = "0" if self._consumer_given else None
         self._autoclaim_cursor = "0-0"
@@ -318,6 +325,7 @@ class RedisStreamSpool:
         """
         if limit <= 0:
             return []
+        self._retry_acks()
         claimed: list[SpooledEvent] = []
         steps: tuple[Callable[[int], list[SpooledEvent]], ...] = (
             self._claim_own_backlog, self._claim_abandoned, self._claim_new)
@@ -337,10 +345,11 @@ class RedisStreamSpool:
         trip; thread-safe.
 
         Raises:
-            SpoolUnavailableError: Redis cannot be reached; the entries stay pending and another
-                member delivers them again after ``claim_after`` unless ack is called again.
+            SpoolUnavailableError: Redis cannot be reached; the ids are acknowledged with the
+                next ack, claim or close (see the module docstring).
         """
-        entry_ids = [str(i) for i in ids]
+        with self._lock:
+            entry_ids = list(dict.fromkeys([str(i) for i in ids] + sorted(self._ack_later, key=_id_key)))
         if not entry_ids:
             return
 
@@ -352,9 +361,23 @@ class RedisStreamSpool:
                 if isinstance(result, Exception) and not _reason(result).startswith(_MISSING_GROUP):
                     raise result  # a missing group (a deleted stream) leaves nothing to ack
 
-        self._call("ack", run)
+        try:
+            self._call("ack", run)
+        except SpoolUnavailableError:
+            with self._lock:
+                self._ack_later.update(entry_ids)
+            raise
         with self._lock:
             self._held.difference_update(entry_ids)
+            self._ack_later.difference_update(entry_ids)
+
+    def _retry_acks(self) -> None:
+        """Acknowledge what a failed ack left (before a claim or close); a failure stays for later."""
+        with self._lock:
+            waiting = bool(self._ack_later)
+        if waiting:
+            with contextlib.suppress(SpoolError):
+                self.ack([])
 
     def stats(self) -> dict[str, Any]:
         """What the stream holds, read in one pipelined round trip of cheap commands (``XLEN``,
@@ -369,7 +392,8 @@ class RedisStreamSpool:
             acknowledged), ``unread`` (not yet claimed by anyone; None when Redis cannot tell),
             ``consumers``, ``consumers_holding`` (consumers with pending entries),
             ``oldest_event_age`` and ``oldest_pending_age`` (seconds since the append, by Redis's
-            clock; None when there is none), ``held`` (entries this process holds), and
+            clock; None when there is none), ``held`` (entries this process holds),
+            ``unacknowledged`` (delivered, their ack to be tried again), and
             counters: ``claimed_from_others``, ``unreadable``, ``deleted_while_pending``,
             ``newer_format`` (sightings: such an entry is seen again each time it comes back),
             ``consumers_forgotten``; ``housekeeping_error`` (the last failure of
@@ -401,7 +425,8 @@ class RedisStreamSpool:
             state = "closed" if self._closed else self._state
             return {"kind": "redis", "state": state, "description": self.description, "last_error": self._last_error,
                     "housekeeping_error": self._housekeeping_error, "stream": self.stream, "group": self.group,
-                    "consumer": self.consumer, **figures, "held": len(self._held), **self._counts}
+                    "consumer": self.consumer, **figures, "held": len(self._held),
+                    "unacknowledged": len(self._ack_later), **self._counts}
 
     def _read_stats(self, replies: list[Any]) -> dict[str, Any]:
         (seconds, micros), length, first, groups, summary = replies
@@ -427,7 +452,9 @@ class RedisStreamSpool:
         with self._lock:
             if self._closed:
                 return
-            held = sorted(self._held, key=_id_key)
+        self._retry_acks()
+        with self._lock:
+            held = sorted(self._held - self._ack_later, key=_id_key)
         if held:
             with contextlib.suppress(SpoolError):
                 self.release(held)
@@ -510,6 +537,95 @@ class RedisStreamSpool:
         if isinstance(pending, Exception):
             raise self._fail("flush", pending)
         return _id_key(_text(ours[0]["last-delivered-id"])) >= target and not pending
+
+    # -- for an operator (optimizely-odp spool stats|replay|purge) ------------------------------
+
+    def consumers(self) -> list[dict[str, Any]]:
+        """The group's members: ``name``, ``pending`` (entries it holds) and ``idle`` (seconds
+        since it last claimed or touched anything), most entries first; [] when the stream or
+        the group does not exist. One ``XINFO CONSUMERS`` (O(members)). Blocks for one round
+        trip; thread-safe.
+
+        Raises:
+            SpoolUnavailableError: Redis cannot be reached.
+            SpoolError: Redis refused.
+        """
+        def run(client: Any) -> list[Any]:
+            try:
+                return list(client.xinfo_consumers(self.stream, self.group))
+            except self._errors.ResponseError as error:
+                if _reason(error).startswith(_MISSING_GROUP) or "no such key" in str(error):
+                    return []
+                raise
+
+        found = [{"name": _text(row["name"]), "pending": int(row["pending"]), "idle": int(row["idle"]) / 1000}
+                 for row in self._call("list consumers", run)]
+        return sorted(found, key=lambda row: (-row["pending"], row["name"]))
+
+    def destinations(self, sample: int) -> tuple[int, dict[tuple[str, str], int]]:
+        """Where the oldest ``sample`` entries go: ``(entries read, {(host, public key): count})``.
+        Reads them with ``XRANGE … COUNT 1000`` pages: O(``sample``) on Redis and about
+        ``sample`` times the entry size (~400 bytes) over the network. Entries that are not ours
+        are counted under ``("", "")``. Blocks for ``sample / 1000`` round trips; thread-safe.
+
+        Raises:
+            SpoolUnavailableError: Redis cannot be reached.
+            SpoolError: Redis refused.
+        """
+        counts: dict[tuple[str, str], int] = {}
+        read, start = 0, "-"
+        while read < sample:
+            count = min(_XCLAIM_CHUNK, sample - read)
+            rows = self._call("read entries", functools.partial(self._xrange, start=start, count=count))
+            for _, fields in rows:
+                where = (_text(fields.get(b"host", b"")), _text(fields.get(b"key", b"")))
+                counts[where] = counts.get(where, 0) + 1
+            read += len(rows)
+            if len(rows) < count:
+                break
+            start = "(" + _text(rows[-1][0])
+        return read, counts
+
+    def _xrange(self, client: Any, start: str, count: int) -> list[Any]:
+        rows: list[Any] = client.xrange(self.stream, start, "+", count=count)
+        return rows
+
+    def last_entry_id(self) -> str | None:
+        """The id of the newest entry in the stream (None when it is empty): a target for
+        :meth:`delivered_up_to`. Blocks for one round trip; thread-safe.
+
+        Raises:
+            SpoolUnavailableError: Redis cannot be reached.
+            SpoolError: Redis refused.
+        """
+        rows = self._call("read the last entry", lambda client: client.xrevrange(self.stream, "+", "-", count=1))
+        return _text(rows[0][0]) if rows else None
+
+    def purge(self) -> int:
+        """Delete the stream and its consumer group (``XLEN`` and ``DEL`` in one ``MULTI``/``EXEC``),
+        every undelivered entry with them; returns how many entries it held. Members still
+        running recreate both on their next call; what they were delivering is then acknowledged
+        into nothing. Blocks for one round trip; thread-safe.
+
+        Raises:
+            SpoolUnavailableError: Redis cannot be reached; nothing was deleted.
+            SpoolError: Redis refused (the key is not a stream, or the ACL forbids ``DEL``).
+        """
+        def run(client: Any) -> int:
+            if _text(client.type(self.stream)) not in ("stream", "none"):
+                raise self._errors.ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value")
+            pipe = client.pipeline(transaction=True)
+            pipe.xlen(self.stream)
+            pipe.delete(self.stream)
+            length, _ = pipe.execute()
+            return int(length)
+
+        deleted = self._call("purge", run)
+        with self._lock:
+            self._held.clear()
+            self._ack_later.clear()
+            self._group_ready = False
+        return deleted
 
     # -- claim's steps --------------------------------------------------------------------------
 
@@ -735,6 +851,7 @@ class RedisStreamSpool:
         self._lock = threading.Lock()  # the parent's may have been held by another thread
         self.consumer = f"{self.consumer}-{self._pid}" if self._consumer_given else generated_consumer_name()
         self._held = set()
+        self._ack_later = set()
         self._backlog_from = None
         self._autoclaim_cursor = "0-0"
 

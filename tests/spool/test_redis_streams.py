@@ -303,6 +303,41 @@ def test_redis_stopped_append_and_claim_raise_unavailable_at_once_and_recover(
     assert spool.stats()["state"] == "ok"
 
 
+def test_an_ack_that_failed_while_redis_was_down_is_made_before_the_next_claim(
+        make_redis_spool: SpoolFactory, redis_server: RedisServer) -> None:
+    spool = make_redis_spool(claim_after=0.2)
+    appended = spool.append([record(i) for i in range(3)])
+    delivered = spool.claim(3)
+    redis_server.stop()
+    with pytest.raises(SpoolUnavailableError):
+        spool.ack([e.id for e in delivered[:2]])
+    assert spool.stats()["unacknowledged"] == 2
+    redis_server.start()
+    # idle longer than claim_after: XAUTOCLAIM would hand them out
+    wait_until(lambda: min(row[2] for row in redis_server.execute("XPENDING", STREAM, GROUP, "-", "+", "10")) > 200)
+    assert spool.claim(10) == [], "not handed out again: acknowledged before the claim"
+    assert pending_of(redis_server) == {delivered[2].id: spool.consumer}
+    assert redis_server.execute("XLEN", STREAM) == 1
+    spool.ack([delivered[2].id])
+    assert spool.delivered_up_to(appended[-1]) and spool.stats()["unacknowledged"] == 0
+
+
+def test_an_ack_still_failing_at_close_is_not_handed_back_as_undelivered(
+        make_redis_spool: SpoolFactory, redis_server: RedisServer) -> None:
+    spool = make_redis_spool(claim_after=600)
+    spool.append([record(i) for i in range(2)])
+    delivered, kept = spool.claim(2)
+    redis_server.stop()
+    with pytest.raises(SpoolUnavailableError):
+        spool.ack([delivered.id])
+    redis_server.start()
+    spool.close()  # the ack is made first; the other is handed back
+    assert pending_of(redis_server) == {kept.id: spool.consumer}
+    assert redis_server.execute("XLEN", STREAM) == 1
+    other = make_redis_spool(claim_after=600)
+    assert ids(other.claim(10)) == [kept.id], "handed back: claimable at once"
+
+
 def test_a_hung_redis_times_out_within_socket_timeout_and_nothing_is_half_written(
         make_redis_spool: SpoolFactory, redis_server: RedisServer) -> None:
     socket_timeout = 0.5
