@@ -77,6 +77,7 @@ def _path(text: str) -> str | None:
 
 
 MiB = 1024 * 1024
+SPOOL_URL_SCHEMES = ("redis", "rediss", "unix")
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("batch_size", int, 500, "Most events in one request (ODP accepts up to 500).", 1, 500),
@@ -168,6 +169,11 @@ class ManagerSettings:
             else:
                 values[setting.name] = setting.default
                 sources[setting.name] = "default"
+        url = values["spool_url"]
+        if url and url.split("://", 1)[0].lower() not in SPOOL_URL_SCHEMES:
+            from optimizely_odp_ext.spool.urls import mask_url
+
+            raise SettingError(f"spool_url must be a redis://, rediss:// or unix:// URL, not {mask_url(url)!r}")
         if values["spool_path"] and values["spool_url"]:
             raise SettingError("spool_path and spool_url cannot both be set: choose one spool")
         if not values["deliver"] and not values["spool_url"]:

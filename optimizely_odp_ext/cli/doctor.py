@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     integration: OdpIntegration | None = None
     state = IntegrationState.UNDETERMINED
     if source_given:
-        session = Session(args, odp_disabled=args.odp_disabled, keep_going=True)
+        session = Session(args, odp_disabled=args.odp_disabled, keep_going=True, deliver=args.send_test_event)
         assert session.settings is not None  # a session with an event manager
         settings = session.settings
     else:

@@ -189,18 +189,22 @@ class Session:
             its spool, instead of raising :class:`CliError` (``doctor`` reports it).
         with_manager: False for a client that only reads the datafile (ODP disabled, no
             event manager, no settings read): ``import`` sends through its own loop.
+        deliver: False for a client that joins a fleet (``spool_url``) without claiming
+            anything from it (``doctor`` without a test event).
 
     Building it blocks briefly (a datafile file is parsed; a fetch starts in the SDK's
     polling thread). Not thread-safe: one command uses it from its main thread.
     """
 
     def __init__(self, args: argparse.Namespace, *, odp_disabled: bool = False, keep_going: bool = False,
-                 with_manager: bool = True) -> None:
+                 with_manager: bool = True, deliver: bool = True) -> None:
         self.timeout: float = args.timeout
         self.label, datafile = _source(args)
         self.logger, self.recent = sdk_logger(bool(getattr(args, "verbose", False)))
         arguments = manager_arguments(getattr(args, "settings", [])) if with_manager else {}
         self.settings = resolve_settings(arguments) if with_manager else None
+        if not deliver and self.settings is not None and self.settings.spool_url:
+            arguments["deliver"] = False  # a member that only looks: it claims nothing from the fleet
         self.manager_problem = ""
         self.center = OdpNotificationCenter(self.logger)
         self.center.add_notification_listener(enums.NotificationTypes.OPTIMIZELY_CONFIG_UPDATE, self.recent.poke)
@@ -229,7 +233,7 @@ class Session:
         if not keep_going:
             raise CliError(problem)
         self.manager_problem = problem
-        return BatchEventManager(**{**arguments, "spool_path": ""})
+        return BatchEventManager(**{**arguments, "spool_path": "", "spool_url": "", "deliver": True})
 
     @property
     def polling(self) -> bool:

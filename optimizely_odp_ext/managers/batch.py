@@ -300,8 +300,10 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
             flying = f"; {in_flight} were still in flight" if in_flight else ""
             if in_flight and link is not None:
                 flying += " (undelivered ones stay in the spool)"
-            self.logger.error(f"ODP event manager closed with {dropped + len(kept) + in_flight} events "
-                              f"undelivered (timeout {seconds(limit)}s){where}{flying}.")
+            # Handing claimed events back to a fleet loses nothing: not an error.
+            log = self.logger.error if dropped or not (link is not None and link.shared) else self.logger.warning
+            log(f"ODP event manager closed with {dropped + len(kept) + in_flight} events "
+                f"undelivered (timeout {seconds(limit)}s){where}{flying}.")
         self._log_limiter.flush()
         self._transport.close()
         if self._link is not None:

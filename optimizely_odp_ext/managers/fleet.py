@@ -39,6 +39,8 @@ STORE_CHUNK = 100
 STORE_RETRY_MAX = 5.0
 """The longest wait between two attempts to append while the store fails, in seconds."""
 CLAIM_CHUNK = 500
+CLAIM_AHEAD_BATCHES = 4
+"""A member holds at most this many rounds of ``max_in_flight`` batches of claimed events."""
 CLAIM_POLL_MIN = 0.02
 CLAIM_POLL_MAX = 0.5
 """How often an idle deliverer asks the stream for new events: soon after it found some, then
@@ -80,18 +82,28 @@ class FleetJobs(ManagerState):
             self._next_figures = now + FIGURES_EVERY
             assert self._link is not None
             return self._link.refresh_figures
-        room = self._room()
+        room = self._claim_room()
         if not self._claiming and now >= self._next_claim and room:
             self._claiming = True
             return functools.partial(self._claim_from_fleet, min(CLAIM_CHUNK, room))
         return None
+
+    def _claim_room(self) -> int:
+        """How many more events this member may claim: within the queue's limits, and no more
+        than :data:`CLAIM_AHEAD_BATCHES` rounds of requests ahead, so that during an ODP outage
+        one member does not hoard what others (or a member starting later) could deliver, and
+        keeping its claims stays cheap (lock held)."""
+        s = self.settings
+        claimed_held = self._held - len(self._to_store) - len(self._store_in_progress)
+        ahead = CLAIM_AHEAD_BATCHES * s.max_in_flight * s.batch_size
+        return min(self._room(), max(0, ahead - claimed_held))
 
     def _fleet_due(self) -> list[float]:
         """When the fleet jobs are next due, for an idle worker's wait (lock held)."""
         times = [self._store_not_before] if self._to_store and not self._store_in_progress else []
         if self.settings.deliver:
             times += [self._next_touch, self._next_figures]
-            if self._room():
+            if self._claim_room():
                 times.append(self._next_claim)
         return times
 

@@ -133,6 +133,8 @@ def test_settings_come_from_arguments_then_environment(monkeypatch: pytest.Monke
         ({"spool_url": "redis://user:hunter2@localhost/0", "spool_path": "/tmp/x"}, {},
          "spool_path and spool_url cannot both be set"),
         ({}, {"OPTIMIZELY_ODP_DELIVER": "0"}, "deliver=False needs a shared spool (spool_url)"),
+        ({"spool_url": "http://user:hunter2@example.invalid/0"}, {},
+         "spool_url must be a redis://, rediss:// or unix:// URL, not 'http://user:***@example.invalid/0'"),
         ({"no_such_setting": 1}, {}, "unknown ODP event manager setting(s): no_such_setting"),
     ],
 )
