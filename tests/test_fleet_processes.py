@@ -227,11 +227,13 @@ def test_a_producer_only_process_and_two_relays_deliver_each_event_once_and_sigt
 
     assert collector.wait_for_events(2_000, timeout=30)
     first, second = relays
+    wait_until(lambda: relay_status(first), message="a status line every 0.3 s")  # 2,000 can arrive sooner
     first.process.send_signal(signal.SIGTERM)  # mid-run: it finishes its requests, hands back the rest
     assert first.wait(20) == 0, first.stderr
     left = redis_server.execute("XPENDING", STREAM, "optimizely-odp", "-", "+", "100000", "relay-1")
     assert all(idle > 86_400_000 for _, _, idle, _ in left), "what it still lists is handed back (idle for years)"
     assert collector.wait_for_events(EVENTS, timeout=30), f"{collector.event_count()} of {EVENTS:,} delivered"
+    wait_until(lambda: relay_status(second), message="a status line every 0.3 s")
     second.process.send_signal(signal.SIGTERM)
     assert second.wait(20) == 0, second.stderr
 
@@ -240,7 +242,7 @@ def test_a_producer_only_process_and_two_relays_deliver_each_event_once_and_sigt
     assert stream_length(redis_server) == 0 and pending_count(redis_server) == 0
     for relay in relays:
         assert any(line.startswith("optimizely-odp: relay: delivering from redis://") for line in relay.stderr)
-        assert relay_status(relay), "periodic status lines"
+        assert relay_status(relay), f"periodic status lines: {relay.stderr}"
         assert "SIGTERM received: draining" in "\n".join(relay.stderr)
         assert relay.stderr[-1].startswith("optimizely-odp: relay: stopped; delivered ")
         # (close() logs what it handed back at ERROR: "closed with N events undelivered ...; N claimed
