@@ -80,6 +80,8 @@ class OdpOptimizely(Optimizely):
         """``next()`` on it is atomic under the GIL: the accepting path takes no lock."""
         self._refused = {reason: itertools.count() for reason in DiscardReason}
         self._dropped: Counter[str] = Counter()
+        self._parked = 0
+        """Held events a spool kept at close for the next start (a datafile never came)."""
         """Held events this client gave up, by reason (under ``_odp_lock``)."""
         self._refusal_log = LogRateLimiter()
         startup_notes: list[str] = []
@@ -357,6 +359,8 @@ class OdpOptimizely(Optimizely):
             self.logger.error(f"ODP events held for the datafile could not be parked: {type_name(error)}.")
             kept = 0
         if kept:
+            with self._odp_lock:
+                self._parked += kept
             self.logger.warning(f"{kept} ODP events held for a datafile that never arrived are kept by the event "
                                 "manager for the next start.")
         if len(held) > kept:
@@ -376,6 +380,7 @@ class OdpOptimizely(Optimizely):
         with self._odp_lock:
             dropped = Counter(self._dropped)
             held = len(self._held)
+            parked = self._parked
         dropped.update({str(reason): int(count) for reason, count in (stats.get("dropped") or {}).items()})
         refused = {reason.value: n for reason, counter in self._refused.items() if (n := count_value(counter))}
         stats.pop("discarded_not_integrated", None)
@@ -387,6 +392,8 @@ class OdpOptimizely(Optimizely):
             refused_total=sum(refused.values()),
             held_for_datafile=held,
         )
+        if parked:
+            stats["parked"] = parked
         for key in STATS_KEYS:
             stats.setdefault(key, 0)
         return {key: stats[key] for key in (*STATS_KEYS, *(k for k in stats if k not in STATS_KEYS))}

@@ -7,7 +7,7 @@ Each value is validated with an error naming the setting.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, Callable
 
@@ -86,8 +86,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_in_flight", int, 4, "Requests sent at the same time.", 1, 64),
     Setting("max_queue_events", int, 250_000, "Events held in memory, waiting or retried; beyond it new "
             "events are refused with queueFull.", 1),
-    Setting("max_queue_bytes", int, 128 * MiB, "Bytes of event JSON held in memory; beyond it new events "
-            "are refused with queueFull.", 1024),
+    Setting("max_queue_bytes", int, 128 * MiB, "Bytes of memory the held events take (estimated); beyond "
+            "it new events are refused with queueFull.", 1024),
     Setting("request_timeout", float, 10.0, "Seconds to wait for ODP to answer one request.", 0.01, 600),
     Setting("retry_initial_backoff", float, 0.5, "Seconds before the first retry (doubling, with jitter).",
             0, 3600),
@@ -140,8 +140,12 @@ class ManagerSettings:
     """For each setting: ``argument``, ``environment`` or ``default``."""
 
     @classmethod
-    def resolve(cls, arguments: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> ManagerSettings:
+    def resolve(cls, arguments: Mapping[str, Any], environ: Mapping[str, str] | None = None,
+                ignored: Collection[str] = ()) -> ManagerSettings:
         """Resolve every setting: argument (not None) over environment variable over default.
+
+        ``ignored``: settings the manager has no use for; they keep their default whatever the
+        environment says (a variable set for them is marked ``ignored`` in ``sources``).
 
         Raises :class:`SettingError` naming the setting (and variable) on a bad value or
         an unknown argument name.
@@ -154,7 +158,10 @@ class ManagerSettings:
         sources: dict[str, str] = {}
         for setting in SETTINGS:
             raw = arguments.get(setting.name)
-            if raw is not None:
+            if setting.name in ignored:
+                values[setting.name] = setting.default
+                sources[setting.name] = "ignored" if setting.env_var in env else "default"
+            elif raw is not None:
                 values[setting.name] = _check(setting, raw, f"argument {setting.name}")
                 sources[setting.name] = "argument"
             elif setting.env_var in env:

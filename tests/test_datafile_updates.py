@@ -195,7 +195,9 @@ def test_held_events_are_parked_at_close_and_only_the_rest_dropped(
         assert client.send_odp_event("early", {"fs_user_id": str(i)})
     client.close(timeout=0.05)
     assert [e.identifiers["fs_user_id"] for e in manager.parked] == ["0", "1"]
-    assert client.odp_stats()["dropped"] == {"sdkNotReady": 1}
+    stats = client.odp_stats()
+    assert stats["dropped"] == {"sdkNotReady": 1} and stats["parked"] == 2 and stats["held_for_datafile"] == 0
+    assert stats["accepted"] == stats["dropped_total"] + stats["parked"], "every accepted event accounted for"
 
 
 class FullManager(EventManager):

@@ -1,4 +1,5 @@
-"""The ``optimizely-odp`` command: send an event, check a setup, run a local collector, manage a spool.
+"""The ``optimizely-odp`` command: send an event, check a setup, import a backfill, run a local
+collector or a fleet's relay, manage a spool.
 
 Usage::
 
@@ -12,9 +13,14 @@ Usage::
                    [--progress-interval S]
     optimizely-odp collector [--port N] [--api-key KEY] [--jsonl FILE] [--quiet]
                    [--max-events N] [--exit-after S]
-    optimizely-odp spool stats PATH [--json]
-    optimizely-odp spool replay PATH [--batch-size N] [--timeout S] [--progress-interval S]
-    optimizely-odp spool purge PATH [--yes]
+    optimizely-odp relay [URL] [--stream KEY] [--group NAME] [--consumer NAME]
+                   [--claim-after S] [--status-every S] [--drain-timeout S] [--set NAME=VALUE ...]
+    optimizely-odp spool stats PATH|URL [--json]
+    optimizely-odp spool replay PATH|URL [--batch-size N] [--timeout S] [--progress-interval S]
+    optimizely-odp spool purge PATH|URL [--yes]
+
+    PATH: a SQLite spool (spool_path); URL: a fleet's Redis stream (spool_url, with
+    [--stream KEY] [--group NAME] [--claim-after S]).
 
     SOURCE: --datafile PATH | --sdk-key KEY [--datafile-url URL] | --datafile-url URL
             | --host URL --api-key KEY (send and import: straight to that host)

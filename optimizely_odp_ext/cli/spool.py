@@ -37,8 +37,8 @@ MAX_BATCH_EVENTS = int(SETTINGS_BY_NAME["batch_size"].maximum or 500)
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser],
                verbose: argparse.ArgumentParser) -> None:
     spool = commands.add_parser("spool", parents=[verbose], help="inspect, replay or purge an event spool",
-                                description="Work on the SQLite spool of accepted-but-undelivered events "
-                                "(the spool_path setting).")
+                                description="Work on a spool of accepted-but-undelivered events: a SQLite "
+                                "file (the spool_path setting) or a fleet's Redis stream (spool_url).")
     spool_commands = spool.add_subparsers(dest="spool_command", metavar="SPOOL_COMMAND", required=True)
     stats = spool_commands.add_parser("stats", parents=[verbose], help="count the events in a spool "
                                       "(read-only; safe beside a running application)")

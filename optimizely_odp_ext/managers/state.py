@@ -87,9 +87,9 @@ class ManagerState:
         self._workers = 0
         self._idle = 0
         self._request_time = 0.0
+        """Mean duration of a request lately: more workers only help when requests are slow."""
         self._encode_time = 0.0
         """Mean time encoding a batch took lately."""
-        """Mean duration of a request lately: more workers only help when requests are slow."""
         self._flushing = 0
         self._stopping = False
         self._finished = False

@@ -21,7 +21,9 @@ returns). Network errors, timeouts, 408, 429, 5xx, 401 and 403 keep the events f
 keeping what is still undelivered for the next flush, when the time runs out; no request it
 makes waits longer than the time left (a server that never answers costs ``timeout``, not
 ``request_timeout``). ``close``
-drops what is left (``shutdown``). Events live in memory only: ``spool_path`` is ignored.
+drops what is left (``shutdown``). Events live in memory only: the spool settings (and
+``deliver``, ``flush_interval``, ``max_in_flight``, ``max_event_age``) do not apply; set in the
+environment, they are ignored with a warning.
 
 Thread-safe: one lock guards the buffer and the counters; it is never held while sending
 or while notification listeners run. After ``os.fork()`` the child starts with an empty
@@ -44,7 +46,7 @@ from optimizely_odp_ext.managers.base import DEFAULT_FLUSH_TIMEOUT, EventManager
 from optimizely_odp_ext.managers.batching import Batch, Destination, Encoded, Waiting, seal
 from optimizely_odp_ext.managers.ledger import DeliveryLedger, Fate
 from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
-from optimizely_odp_ext.settings import ManagerSettings, SettingError, seconds
+from optimizely_odp_ext.settings import SETTINGS_BY_NAME, ManagerSettings, SettingError, seconds
 from optimizely_odp_ext.transport import OutcomeKind, Transport
 
 Mode = Literal["batch", "per_call"]
@@ -53,6 +55,10 @@ ENCODED_OVERHEAD = 120
 """Bytes a buffered event takes beyond its JSON, for ``max_queue_bytes``."""
 MIN_REQUEST_TIMEOUT = 0.05
 """A request is not started with less time left than this."""
+UNUSED_SETTINGS = ("flush_interval", "max_in_flight", "max_event_age", "spool_path", "spool_url",
+                   "spool_stream", "spool_group", "claim_after", "deliver")
+"""Settings of the background manager this one has no use for: their environment variables
+(meant for a ``BatchEventManager`` of the same app) are ignored, with a warning."""
 
 
 class SyncEventManager(EventManager):
@@ -83,7 +89,7 @@ class SyncEventManager(EventManager):
             "max_queue_bytes": max_queue_bytes, "request_timeout": request_timeout,
             "retry_initial_backoff": retry_initial_backoff, "retry_max_backoff": retry_max_backoff,
             "close_timeout": close_timeout, "exit_timeout": exit_timeout,
-        })
+        }, ignored=UNUSED_SETTINGS)
         self.logger: Any = lifecycle.NullLogger()
         self.notification_center: Any = None
         self._closed = False
@@ -113,8 +119,11 @@ class SyncEventManager(EventManager):
     def start(self, *, logger: Any, notification_center: Any, integration: OdpIntegration | None) -> None:
         """Take the SDK's logger and notification center. Non-blocking."""
         super().start(logger=logger, notification_center=notification_center, integration=integration)
-        if self.settings.spool_path:
-            self.logger.warning("ODP: SyncEventManager keeps events in memory only; spool_path is ignored.")
+        unused = [f"{name} ({SETTINGS_BY_NAME[name].env_var})" for name in UNUSED_SETTINGS
+                  if self.settings.sources[name] == "ignored"]
+        if unused:
+            self.logger.warning("ODP: SyncEventManager keeps events in memory and delivers them itself; "
+                                f"ignored from the environment: {', '.join(unused)}.")
 
     def send(self, event: OdpEvent) -> SendResult:
         """Accept one event. Never raises; thread-safe. A refusal is returned, not counted here.

@@ -101,7 +101,7 @@ RETRIES = _spec("odp_request_retries", "odp.request.retries", C, RQ,
 QUEUED = _spec("odp_events_queued", "odp.events.queued", G, EV,
                "Accepted ODP events waiting in the event manager (not in a request).")
 QUEUED_BYTES = _spec("odp_events_queued", "odp.events.queued.size", G, Unit.BYTES,
-                     "Memory the queued ODP events take, as counted against max_queue_bytes.")
+                     "Memory the held ODP events take (queued, retried, in flight), counted against max_queue_bytes.")
 IN_FLIGHT = _spec("odp_events_in_flight", "odp.events.in_flight", G, EV,
                   "ODP events in requests under way.")
 HELD = _spec("odp_events_held_for_datafile", "odp.events.held_for_datafile", G, EV,

@@ -365,8 +365,26 @@ def test_spool_path_from_the_environment_is_ignored_with_a_warning(
         tmp_path: Path) -> None:
     monkeypatch.setenv("OPTIMIZELY_ODP_SPOOL_PATH", str(tmp_path / "odp.sqlite"))
     make_client(odp_event_manager=SyncEventManager())
-    assert any("spool_path is ignored" in line for line in log_lines(caplog))
+    assert any("ignored from the environment: spool_path (OPTIMIZELY_ODP_SPOOL_PATH)" in line
+               for line in log_lines(caplog))
     assert not (tmp_path / "odp.sqlite").exists()
+
+
+def test_fleet_settings_meant_for_a_batch_manager_do_not_break_a_sync_one(
+        monkeypatch: pytest.MonkeyPatch, make_client: ClientFactory, caplog: pytest.LogCaptureFixture,
+        collector: OdpCollector) -> None:
+    # An app whose background clients append to a fleet's stream (deliver=False, a relay
+    # delivers) may also build a SyncEventManager, e.g. in its Lambda handler.
+    monkeypatch.setenv("OPTIMIZELY_ODP_DELIVER", "false")
+    monkeypatch.setenv("OPTIMIZELY_ODP_SPOOL_URL", "redis://127.0.0.1:1/0")
+    manager = SyncEventManager()
+    assert manager.settings.deliver and manager.settings.spool_url is None
+    client = make_client(odp_event_manager=manager)
+    assert client.send_odp_event(action="a", identifiers={"fs_user_id": "u"})
+    assert manager.flush(10) and collector.event_count() == 1
+    warning = [line for line in log_lines(caplog) if "ignored from the environment" in line]
+    assert len(warning) == 1 and "spool_url (OPTIMIZELY_ODP_SPOOL_URL)" in warning[0]
+    assert "deliver (OPTIMIZELY_ODP_DELIVER)" in warning[0]
 
 
 # -- processes ----------------------------------------------------------------------------------
