@@ -30,7 +30,8 @@ CHUNK_BYTES = 64 * 1024
 """About this many bytes of JSON are encoded per call; the GIL is offered to other threads
 between calls."""
 
-_ENCODER_VARIABLE = "OPTIMIZELY_ODP_ENCODER"
+ENCODER_VARIABLE = "OPTIMIZELY_ODP_ENCODER"
+"""``json`` (or ``stdlib``) there: the standard library even when ujson is installed."""
 _ONE_DIGIT_EXPONENT = re.compile(r"e-\d[,}\]]")
 """A float ujson writes as ``1e-7`` where the standard library writes ``1e-07`` (Python's repr
 writes an exponent only below 1e-4 or from 1e16, so only negative ones have one digit)."""
@@ -43,7 +44,7 @@ def _stdlib_dumps(value: Any) -> str:
 
 
 def _load_ujson() -> Dumps | None:
-    if os.environ.get(_ENCODER_VARIABLE, "").strip().lower() in ("json", "stdlib"):
+    if os.environ.get(ENCODER_VARIABLE, "").strip().lower() in ("json", "stdlib"):
         return None
     try:
         import ujson

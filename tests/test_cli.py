@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import signal
@@ -163,6 +164,7 @@ def test_doctor_reports_not_integrated(collector: OdpCollector, datafile_without
 
     assert done.returncode == 1
     assert re.search(r"ODP state:\s+not integrated", done.stdout)
+    assert re.search(r"JSON encoder:\s+(ujson \(the \[fast\] extra|json \(the standard library)", done.stdout)
     assert "send_odp_event returns odpNotIntegrated" in done.stdout
     assert "result: discarded (odpNotIntegrated)" in done.stdout
     assert collector.request_count() == 0
@@ -178,6 +180,16 @@ def test_doctor_names_the_variable_that_disables_odp_and_warns_about_plain_http(
     assert "disabled by environment variable OPTIMIZELY_ODP_DISABLED=1" in done.stdout
     assert "plain http:// and not on this machine" in done.stdout
     assert "a-long-public-key" not in done.stdout and "a-lo...ey" in done.stdout
+
+
+def test_doctor_names_the_json_encoder_and_how_to_choose_it(datafile: str) -> None:
+    chosen = run("doctor", "--datafile", datafile, env={"OPTIMIZELY_ODP_ENCODER": "json"})
+    assert re.search(r"JSON encoder:\s+json \(the standard library; OPTIMIZELY_ODP_ENCODER=json\)", chosen.stdout)
+    default = run("doctor", "--datafile", datafile)
+    if importlib.util.find_spec("ujson"):
+        assert re.search(r"JSON encoder:\s+ujson \(the \[fast\] extra", default.stdout)
+    else:
+        assert "pip install 'optimizely-odp-ext[fast]'" in default.stdout
 
 
 # ------------------------------------------------------------------------------ collector
