@@ -229,12 +229,22 @@ def render(results: DrainResults) -> str:
         rows.append(row)
     out.append(common.table(["latency ms", "official", "ours 0.1.0", "ours (json)", "ours (ujson)",
                              "ujson / 0.1.0", "json / 0.1.0", "ujson / official"], rows))
-    lost = [(k, r) for k, runs in results.runs.items() for r in runs
-            if k[0] != "official" and r["delivered"] != r["events"]]
+    ours = [(k, r) for k, runs in results.runs.items() for r in runs if k[0] != "official"]
+    lost = [(k, r) for k, r in ours if r["delivered"] != r.get("accepted", r["events"])]
+    refused = [(k, r) for k, r in ours if r.get("accepted", r["events"]) != r["events"]]
     out += ["", f"- Events: {', '.join(f'{common.SIZE_LABELS[s]} {n:,}' for s, n in results.events.items())} "
-            "per run; ours delivered every event in every run" if not lost else
-            f"- **Ours lost events in {len(lost)} run(s)**: " + "; ".join(
-                f"{k}: {r['delivered']:,} of {r['events']:,}" for k, r in lost[:5])]
+            "per run; " + ("ours delivered every event it accepted, in every run" if not lost else
+                           f"**ours lost accepted events in {len(lost)} run(s)**: " + "; ".join(
+                               f"{'/'.join(map(str, k))}: {r['delivered']:,} delivered of {r['accepted']:,} "
+                               "accepted" for k, r in lost[:5]))]
+    if refused:
+        out.append(
+            f"- In {len(refused)} run(s) a burst filled ours' `max_queue_bytes` (default 128 MiB, which counts "
+            "each event not yet encoded at its JSON size + 400 B + 88 B per field): the calls beyond it returned "
+            "`queueFull` to the caller, as documented, and figures are per delivered event. Largest: " + "; ".join(
+                f"{'/'.join(map(str, k))}: {r['events'] - r['accepted']:,} of {r['events']:,} refused"
+                for k, r in sorted({k: r for k, r in sorted(refused, key=lambda kr: -kr[1]["accepted"])}.items(),
+                                   key=lambda kr: kr[1]["accepted"] - kr[1]["events"])[:3]))
     return "\n".join(out) + "\n"
 
 

@@ -2,14 +2,16 @@
 (a Redis stream) between the processes that accept events and ODP.
 
 With a shared spool, the process that accepts an event does not keep it: a worker appends it
-to the stream (a group commit: whatever accumulated while the last append was under way, up
-to :data:`STORE_CHUNK` events), and every process with ``deliver`` on claims events from the
-stream (its own, other processes', those a dead process left) and delivers them like any
-other, acknowledging each in the stream once ODP did.
+to the stream (a group commit: whatever accumulated while the last append was under way or
+within :data:`STORE_LINGER` of the oldest, up to :data:`STORE_CHUNK` events), and every
+process with ``deliver`` on claims events from the stream (its own, other processes', those a
+dead process left) and delivers them like any other, acknowledging each in the stream once
+ODP did.
 
 - **The durability window**: an accepted event lives only in this process's memory until its
-  append returns (typically a millisecond, one round trip). If the process dies in that
-  window, the event is lost; once appended, it survives the loss of this host.
+  append returns (a round trip, after up to :data:`STORE_LINGER` for others to join it). If
+  the process dies in that window, the event is lost; once appended, it survives the loss of
+  this host (``benchmarks/redis_fleet.py`` measures the window: milliseconds at 5,000 events/s).
 - **The store down or slow**: ``send_odp_event`` still returns at once; events wait in
   memory within ``max_queue_events`` and ``max_queue_bytes`` (beyond: ``queueFull``), and the
   append is retried with backoff (at most :data:`STORE_RETRY_MAX` apart). The spool's state
@@ -36,6 +38,11 @@ from optimizely_odp_ext.spool import SpoolId, SpoolRecord
 
 STORE_CHUNK = 100
 """Events appended per call: larger groups hold the GIL longer while the Redis client encodes."""
+STORE_LINGER = 0.002
+"""Seconds the oldest event not yet appended may wait for others to join its append (unless
+:data:`STORE_CHUNK` are waiting, or a flush or close is under way): at thousands of events a
+second, appends of a few events each would cost a round trip and the Redis client's CPU per
+event or two, and that CPU is the GIL an application thread waits for."""
 STORE_RETRY_MAX = 5.0
 """The longest wait between two attempts to append while the store fails, in seconds."""
 CLAIM_CHUNK = 500
@@ -62,12 +69,20 @@ class FleetJobs(ManagerState):
     def _store_job(self, now: float) -> Job | None:
         """Appending accepted events, if due: before anything else, it closes the window in which
         they live only in memory (lock held)."""
-        if self._to_store and not self._store_in_progress and now >= self._store_not_before:
+        if self._to_store and not self._store_in_progress and now >= self._store_due():
             items = self._to_store[:STORE_CHUNK]
             del self._to_store[:STORE_CHUNK]
             self._store_in_progress = items
             return functools.partial(self._store, items)
         return None
+
+    def _store_due(self) -> float:
+        """When the waiting events' append is due (lock held; something is waiting): after a
+        failed one's backoff, and once the oldest lingered :data:`STORE_LINGER` (at once when a
+        whole chunk waits, or a flush or close wants them stored)."""
+        if len(self._to_store) >= STORE_CHUNK or self._flushing or self._stopping:
+            return self._store_not_before
+        return max(self._store_not_before, self._to_store[0][1][1] + STORE_LINGER)
 
     def _claim_job(self, now: float) -> Job | None:
         """Keeping claims, reading the store's figures, or claiming more, if due (lock held)."""
@@ -100,7 +115,7 @@ class FleetJobs(ManagerState):
 
     def _fleet_due(self) -> list[float]:
         """When the fleet jobs are next due, for an idle worker's wait (lock held)."""
-        times = [self._store_not_before] if self._to_store and not self._store_in_progress else []
+        times = [self._store_due()] if self._to_store and not self._store_in_progress else []
         if self.settings.deliver:
             times += [self._next_touch, self._next_figures]
             if self._claim_room():
@@ -148,7 +163,9 @@ class FleetJobs(ManagerState):
                 self._spooled += len(encoded)
                 if ids:
                     self._last_stored_id = ids[-1]
-                self._next_claim = 0.0  # new entries: a deliverer here may claim them now
+                # New entries: a deliverer here claims them soon (not after each append: a claim
+                # per append would cost a round trip for a few events).
+                self._next_claim = min(self._next_claim, time.monotonic() + CLAIM_POLL_MIN)
             self._done.notify_all()
             self._work.notify()
             output = self._take_output()
