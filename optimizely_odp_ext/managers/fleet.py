@@ -32,7 +32,7 @@ from typing import Callable
 from optimizely_odp_ext import encoding
 from optimizely_odp_ext.integration import OdpIntegration
 from optimizely_odp_ext.managers.batching import Encoded, Waiting, to_wire
-from optimizely_odp_ext.managers.state import ManagerState, encoded_memory
+from optimizely_odp_ext.managers.state import ManagerState, encoded_memory, group_claimed
 from optimizely_odp_ext.result import DiscardReason
 from optimizely_odp_ext.spool import SpoolId, SpoolRecord
 
@@ -185,10 +185,11 @@ class FleetJobs(ManagerState):
         finally:
             with self._lock:
                 self._claiming = False
-        now_wall, now = time.time(), time.monotonic()
+        groups = group_claimed(claimed)
         with self._lock:
+            now = time.monotonic()
             self._claimed += len(claimed)
-            self._place(claimed, now_wall, now)
+            self._place(groups)
             if len(claimed) >= limit:
                 self._claim_idle = 0.0
             elif claimed:

@@ -13,7 +13,7 @@ from optimizely_odp_ext import encoding
 from optimizely_odp_ext.integration import OdpIntegration, mask_key
 from optimizely_odp_ext.managers.batching import Batch, Destination, Encoded, Waiting, seal, to_wire
 from optimizely_odp_ext.managers.ledger import Completion, Fate
-from optimizely_odp_ext.managers.state import ManagerState, encoded_memory, spool_ids
+from optimizely_odp_ext.managers.state import ManagerState, encoded_memory, group_claimed, spool_ids
 from optimizely_odp_ext.result import DiscardReason
 from optimizely_odp_ext.settings import seconds
 from optimizely_odp_ext.transport import Outcome, OutcomeKind
@@ -142,10 +142,10 @@ class DeliveryJobs(ManagerState):
             with self._lock:
                 self._claiming = False
             raise
-        now_wall, now = time.time(), time.monotonic()
+        groups = group_claimed(claimed)
         with self._lock:
             self._recovered += len(claimed)
-            self._place(claimed, now_wall, now)
+            self._place(groups)
             self._spool_backlog = len(claimed) >= limit
             self._claiming = False
             if claimed:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 from optimizely_odp_ext import notifications
 from optimizely_odp_ext.integration import OdpIntegration
@@ -156,25 +157,22 @@ class ManagerState:
         s = self.settings
         return max(1, min(s.batch_size, s.max_batch_bytes * 4 // (5 * max(1, self._json_estimate))))
 
-    def _place(self, claimed: list[SpooledEvent], now_wall: float, now: float) -> int:
+    def _place(self, claimed: ClaimedGroups) -> int:
         """Queue events read from a spool for delivery (before this run's events of their
         destination); those parked without a destination go to the current one, wait for one,
-        or (ODP not integrated) are given up. Returns how many were queued or kept waiting."""
-        by_destination: dict[OdpIntegration | None, list[Encoded]] = {}
-        for row in claimed:
-            destination = OdpIntegration(row.host, row.api_key) if row.host else self._current
-            item = Encoded(RECOVERED_SEQ, now - max(0.0, now_wall - row.accepted_at), row.body, row.id)
-            by_destination.setdefault(destination, []).append(item)
-            self._held += 1
-            self._encoded_bytes += len(row.body) + ENCODED_OVERHEAD
-        placed = len(claimed)
-        for destination, items in by_destination.items():
+        or (ODP not integrated) are given up. Returns how many were queued or kept waiting.
+        Lock held: the per-event work was done by :func:`group_claimed` before."""
+        placed = 0
+        for destination, items, memory in claimed:
+            destination = destination or self._current
+            self._held += len(items)
+            self._encoded_bytes += memory
+            placed += len(items)
             if destination is not None:
                 self._ledger.destination(destination).put_back_first(items)
             elif self._integration_known:  # parked before a datafile, and ODP is not integrated
                 placed -= len(items)
-                self._give_up(len(items), DiscardReason.ODP_NOT_INTEGRATED, [i.spool_id for i in items],
-                              encoded_memory(items))
+                self._give_up(len(items), DiscardReason.ODP_NOT_INTEGRATED, [i.spool_id for i in items], memory)
             else:
                 self._unbound += items
         return placed
@@ -284,6 +282,23 @@ def spool_ids(items: Sequence[Waiting]) -> list[SpoolId]:
 def object_memory(items: Sequence[Waiting]) -> int:
     """What the events among ``items`` not encoded yet count against ``max_queue_bytes``."""
     return sum(item[6] for item in items if type(item) is tuple)  # type: ignore[misc]
+
+
+ClaimedGroups = list[tuple[Optional[OdpIntegration], list[Encoded], int]]
+"""Events read from a spool, by destination (None: parked before a datafile said where), with
+what they count against ``max_queue_bytes``."""
+
+
+def group_claimed(claimed: Sequence[SpooledEvent]) -> ClaimedGroups:
+    """Events read from a spool, as :meth:`ManagerState._place` queues them: built without the
+    manager's lock (an application thread may want it), one destination object per host and key."""
+    now_wall, now = time.time(), time.monotonic()
+    groups: dict[tuple[str, str], list[Encoded]] = {}
+    for row in claimed:
+        item = Encoded(RECOVERED_SEQ, now - max(0.0, now_wall - row.accepted_at), row.body, row.id)
+        groups.setdefault((row.host, row.api_key), []).append(item)
+    return [(OdpIntegration(host, key) if host else None, items, encoded_memory(items))
+            for (host, key), items in groups.items()]
 
 
 def encoded_memory(items: Sequence[Waiting]) -> int:
