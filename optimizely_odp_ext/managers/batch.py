@@ -41,7 +41,7 @@ SAMPLE_EVERY_MASK = 63
 is encoded, follows a burst of larger events within 64 events)."""
 SPAWN_LATENCY = 0.005
 """Seconds a request must take, on average, before a second worker is worth its GIL contention
-(and, with ``n`` workers, at least ``2 n`` times what encoding a batch takes)."""
+(and, with ``n`` workers, at least ``2 n`` times a worker's own work per batch)."""
 CLAIM_CHUNK = 5000
 """Events a previous run left in the spool, read per call."""
 SETTLE_POLL = 0.05
@@ -461,9 +461,13 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
     def _more_hands(self) -> None:
         """A worker took a job: when work is left, nobody is free, and requests wait on ODP long
         enough that another worker would encode meanwhile, start one (lock held). Up to
-        ``max_in_flight + 1`` workers: one can encode ahead while ``max_in_flight`` wait."""
+        ``max_in_flight + 1`` workers: one can encode ahead while ``max_in_flight`` wait. A
+        worker's own work per batch (encoding; in a fleet also appending and claiming, in the
+        Redis client) must be well under the wait: otherwise more workers only take turns at
+        the GIL, and application threads wait for the lock behind them."""
         waiting = self._request_time
-        if (self._idle or waiting < SPAWN_LATENCY or waiting < 2 * self._encode_time * self._workers
+        own_work = self._encode_time + self._fleet_work * self._cut_size()
+        if (self._idle or waiting < SPAWN_LATENCY or waiting < 2 * own_work * self._workers
                 or self._workers > self.settings.max_in_flight):
             return
         if any(d.ready or d.waiting for d in self._ledger.destinations.values()) and self._reserve_worker():

@@ -131,7 +131,8 @@ class FleetJobs(ManagerState):
         """Append accepted events to the shared spool (no lock); kept, as bytes, for another try
         when the store fails, so a retry stores the same bytes (same idempotence ids)."""
         assert self._link is not None
-        offset = time.time() - time.monotonic()
+        started = time.monotonic()
+        offset = time.time() - started
         records: list[SpoolRecord] = []
         encoded: list[tuple[OdpIntegration, Waiting]] = []
         failed = 0
@@ -145,6 +146,7 @@ class FleetJobs(ManagerState):
             records.append(SpoolRecord(integration.host, integration.api_key, body, item[1] + offset))
         ids = self._link.append(records) if records else []
         with self._lock:
+            self._fleet_work += ((time.monotonic() - started) / len(items) - self._fleet_work) * 0.25
             self._store_in_progress = []
             self._forget_objects([item for _, item in items])
             self._encoded_bytes -= encoded_memory([item for _, item in items])
@@ -180,6 +182,7 @@ class FleetJobs(ManagerState):
     def _claim_from_fleet(self, limit: int) -> None:
         """Take events to deliver from the shared spool (no lock), then queue them."""
         assert self._link is not None
+        started = time.monotonic()
         try:
             claimed = self._link.claim(limit)
         finally:
@@ -188,6 +191,8 @@ class FleetJobs(ManagerState):
         groups = group_claimed(claimed)
         with self._lock:
             now = time.monotonic()
+            if claimed:
+                self._fleet_work += ((now - started) / len(claimed) - self._fleet_work) * 0.25
             self._claimed += len(claimed)
             self._place(groups)
             if len(claimed) >= limit:

@@ -91,6 +91,9 @@ class ManagerState:
         """Mean duration of a request lately: more workers only help when requests are slow."""
         self._encode_time = 0.0
         """Mean time encoding a batch took lately."""
+        self._fleet_work = 0.0
+        """In a fleet: mean time appending or claiming took lately, per event (a worker's own
+        work besides encoding, which more workers would do at the same time)."""
         self._flushing = 0
         self._stopping = False
         self._finished = False
