@@ -470,7 +470,9 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
         if (self._idle or waiting < SPAWN_LATENCY or waiting < 2 * own_work * self._workers
                 or self._workers > self.settings.max_in_flight):
             return
-        if any(d.ready or d.waiting for d in self._ledger.destinations.values()) and self._reserve_worker():
+        work_left = any(d.ready or d.waiting for d in self._ledger.destinations.values()) or (
+            self._fleet and self._can_claim())  # a member's next batch is in the stream
+        if work_left and self._reserve_worker():
             self._lock.release()
             try:
                 self._start_worker()

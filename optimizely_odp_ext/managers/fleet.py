@@ -113,12 +113,17 @@ class FleetJobs(ManagerState):
         ahead = CLAIM_AHEAD_BATCHES * s.max_in_flight * s.batch_size
         return min(self._room(), max(0, ahead - claimed_held))
 
+    def _can_claim(self) -> bool:
+        """A deliverer here could claim more now (lock held)."""
+        return (self.settings.deliver and not self._claiming and not self._stopping
+                and time.monotonic() >= self._next_claim and self._claim_room() > 0)
+
     def _fleet_due(self) -> list[float]:
         """When the fleet jobs are next due, for an idle worker's wait (lock held)."""
         times = [self._store_due()] if self._to_store and not self._store_in_progress else []
         if self.settings.deliver:
             times += [self._next_touch, self._next_figures]
-            if self._claim_room():
+            if self._claim_room() and not self._claiming:  # a claim under way notifies when it ends
                 times.append(self._next_claim)
         return times
 
@@ -146,7 +151,8 @@ class FleetJobs(ManagerState):
             records.append(SpoolRecord(integration.host, integration.api_key, body, item[1] + offset))
         ids = self._link.append(records) if records else []
         with self._lock:
-            self._fleet_work += ((time.monotonic() - started) / len(items) - self._fleet_work) * 0.25
+            if ids is not None:  # a failed append's time is its timeout, not work
+                self._fleet_work += ((time.monotonic() - started) / len(items) - self._fleet_work) * 0.25
             self._store_in_progress = []
             self._forget_objects([item for _, item in items])
             self._encoded_bytes -= encoded_memory([item for _, item in items])
@@ -185,11 +191,15 @@ class FleetJobs(ManagerState):
         started = time.monotonic()
         try:
             claimed = self._link.claim(limit)
-        finally:
+        except BaseException:
             with self._lock:
                 self._claiming = False
+            raise
         groups = group_claimed(claimed)
         with self._lock:
+            # The claim ends with its events queued, in one step: close() waits for a claim under
+            # way and hands back what it placed; in between they would be neither.
+            self._claiming = False
             now = time.monotonic()
             if claimed:
                 self._fleet_work += ((now - started) / len(claimed) - self._fleet_work) * 0.25
