@@ -80,9 +80,9 @@ class OdpOptimizely(Optimizely):
         """``next()`` on it is atomic under the GIL: the accepting path takes no lock."""
         self._refused = {reason: itertools.count() for reason in DiscardReason}
         self._dropped: Counter[str] = Counter()
+        """Held events this client gave up, by reason (under ``_odp_lock``)."""
         self._parked = 0
         """Held events a spool kept at close for the next start (a datafile never came)."""
-        """Held events this client gave up, by reason (under ``_odp_lock``)."""
         self._refusal_log = LogRateLimiter()
         startup_notes: list[str] = []
 

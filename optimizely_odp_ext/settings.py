@@ -137,7 +137,8 @@ class ManagerSettings:
     claim_after: float
     deliver: bool
     sources: Mapping[str, str]
-    """For each setting: ``argument``, ``environment`` or ``default``."""
+    """For each setting: ``argument``, ``environment`` or ``default`` (``ignored``: set in the
+    environment for a setting this manager has no use for, see :meth:`resolve`)."""
 
     @classmethod
     def resolve(cls, arguments: Mapping[str, Any], environ: Mapping[str, str] | None = None,
