@@ -83,6 +83,13 @@ def post_fork(server: Any, worker: Any) -> None:
         return
 
 
+def post_worker_init(worker: Any) -> None:
+    """The worker has its signal handlers and the app: from now on SIGTERM drains it. (A SIGTERM
+    that reaches a worker still booting is lost, a gunicorn race: it then stops only at
+    graceful_timeout, when the master is gone.)"""
+    worker.log.info("Worker %s: ready", worker.pid)
+
+
 def worker_exit(server: Any, worker: Any) -> None:
     """In the worker, as it exits: deliver what it accepted, then stop its client."""
     import sys

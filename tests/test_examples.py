@@ -160,8 +160,7 @@ def test_gunicorn_preloaded_workers_deliver_every_event_once_at_exit(
         assert server.stderr is not None
         lines: list[str] = []
         url = ""
-        ready = "ODP spool" if spool else "Booting worker"
-        while sum(ready in line for line in lines) < 2:
+        while sum(": ready" in line for line in lines) < 2:  # both workers past their boot (post_worker_init)
             line = server.stderr.readline()
             assert line, "gunicorn stopped:\n" + "".join(lines)
             lines.append(line)
