@@ -13,6 +13,11 @@ building a client from a datafile with an ODP integration, interpreter exit), th
 Every package runs from bytecode, as after ``pip install``: the run compiles this checkout's
 and the previous release's first (see :func:`_compile_bytecode`).
 
+Each process also prints its own import + construction time, measured inside it
+(``time.perf_counter()`` from the first line of the ``-c`` code to the constructed client):
+the whole-process figures come in steps of about 50 ms on some machines (seen on this kind:
+265, 316, 366 ms), coarser than the 5 % the goal allows; the in-process figure has no such steps.
+
 Goal: ours ≤ 1.05× the official. The modules ours loads that the official does not come from
 ``sys.modules`` after each; their import time from ``python -X importtime`` (self time, µs).
 
@@ -43,6 +48,8 @@ CODE = {
             "client = OdpOptimizely(datafile=open(sys.argv[1]).read())",
     "bare": "pass",
 }
+CLOCK_START = "import time as _clock\n_started = _clock.perf_counter()\n"
+CLOCK_PRINT = "\nprint('IN_PROCESS', _clock.perf_counter() - _started)"
 VARIANTS = ("bare", "official", "ours", "ours-0.1.0")
 GOAL_RATIO = 1.05
 MODULES = "\nimport json as _j, sys as _s\nprint('MODULES ' + _j.dumps(sorted(_s.modules)))"
@@ -51,6 +58,8 @@ MODULES = "\nimport json as _j, sys as _s\nprint('MODULES ' + _j.dumps(sorted(_s
 @dataclass
 class ImportResults:
     times: dict[str, list[float]] = field(default_factory=dict)
+    in_process: dict[str, list[float]] = field(default_factory=dict)
+    """Import + construction measured inside each process (no interpreter start or exit)."""
     extra_modules: list[str] = field(default_factory=list)
     """Modules ours loads and the official does not (top-level packages first)."""
     extra_self_us: dict[str, int] = field(default_factory=dict)
@@ -59,13 +68,16 @@ class ImportResults:
     def med(self, variant: str) -> float | None:
         return common.median(self.times.get(variant, []))
 
+    def med_in_process(self, variant: str) -> float | None:
+        return common.median(self.in_process.get(variant, []))
+
 
 def _command(variant: str, datafile: Path, extra: str = "",
              flags: tuple[str, ...] = ()) -> tuple[list[str], dict[str, str]]:
     env = dict(os.environ)
     env.pop(common.PACKAGE_VARIABLE, None)
     env.pop("PYTHONPATH", None)
-    code = CODE["ours" if variant == "ours-0.1.0" else variant] + extra
+    code = CLOCK_START + CODE["ours" if variant == "ours-0.1.0" else variant] + CLOCK_PRINT + extra
     if variant == "ours-0.1.0":
         package = common.previous_package()
         if package is None:
@@ -131,9 +143,11 @@ def run(runs: int = 15, results: ImportResults | None = None) -> ImportResults:
         for variant in order:
             command, env = commands[variant]
             started = time.perf_counter()
-            subprocess.run(command, env=env, cwd=tempfile.gettempdir(), check=True, timeout=60,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            out = subprocess.run(command, env=env, cwd=tempfile.gettempdir(), check=True, timeout=60,
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True).stdout
             results.times.setdefault(variant, []).append(time.perf_counter() - started)
+            line = next(line for line in out.splitlines() if line.startswith("IN_PROCESS "))
+            results.in_process.setdefault(variant, []).append(float(line.split()[1]))
     official = _modules("official", datafile)
     ours = _modules("ours", datafile)
     results.extra_modules = sorted(ours - official, key=lambda name: (not name.startswith("optimizely_odp_ext"),
@@ -148,9 +162,13 @@ def goal(results: ImportResults) -> tuple[bool, str, float | None]:
     r = common.ratio(results.med("ours"), results.med("official"))
     if r is None:
         return False, "not measured", None
-    return r <= GOAL_RATIO, (f"{common.fmt_ratio(r)}: {results.med('ours') * 1000:.0f} vs "
-                             f"{results.med('official') * 1000:.0f} ms (whole process, median of "
-                             f"{len(results.times['ours'])})"), r
+    figure = (f"{common.fmt_ratio(r)}: {results.med('ours') * 1000:.0f} vs {results.med('official') * 1000:.0f} ms "
+              f"(whole process, median of {len(results.times['ours'])})")
+    inside = common.ratio(results.med_in_process("ours"), results.med_in_process("official"))
+    if inside is not None:
+        figure += (f"; measured inside the process {common.fmt_ratio(inside)}: "
+                   f"{results.med_in_process('ours') * 1000:.0f} vs {results.med_in_process('official') * 1000:.0f} ms")
+    return r <= GOAL_RATIO, figure, r
 
 
 def render(results: ImportResults) -> str:
@@ -159,19 +177,25 @@ def render(results: ImportResults) -> str:
     out = ["### Import and construction time (whole process)", "",
            f"Median wall time of {len(results.times.get('ours', []))} runs of each, taking turns, every package "
            "from bytecode as after `pip install` (the run compiles this checkout first). Goal: ours ≤ "
-           "1.05× the official.", ""]
+           "1.05× the official. In process: the same processes' own import + construction time, measured "
+           "inside each (no interpreter start or exit; the whole-process times come in steps of about 50 ms "
+           "on some machines).", ""]
     rows = []
     for variant in VARIANTS:
         value = results.med(variant)
         if value is None:
             continue
         times = sorted(results.times[variant])
+        inside = results.med_in_process(variant)
         rows.append([{"bare": "bare interpreter (`python -c pass`)"}.get(variant, common.LABELS.get(variant, variant)),
                      f"{value * 1000:.0f}", f"{times[0] * 1000:.0f}–{times[-1] * 1000:.0f}",
                      "" if variant == "bare" else common.fmt_ratio(common.ratio(value, official)),
-                     "" if variant == "bare" else common.fmt_ratio(common.ratio(value - bare, (official or 0) - bare))])
+                     "" if variant == "bare" else common.fmt_ratio(common.ratio(value - bare, (official or 0) - bare)),
+                     "" if variant == "bare" or inside is None else f"{inside * 1000:.1f}",
+                     "" if variant == "bare" else common.fmt_ratio(common.ratio(inside,
+                                                                                results.med_in_process("official")))])
     out.append(common.table(["process", "median ms", "range ms", "/ official", "/ official, net of the bare "
-                             "interpreter"], rows))
+                             "interpreter", "in process: median ms", "in process: / official"], rows))
     ours_modules = [m for m in results.extra_modules if m.startswith("optimizely_odp_ext")]
     others = [m for m in results.extra_modules if not m.startswith("optimizely_odp_ext")]
     total = sum(results.extra_self_us.values())
