@@ -35,9 +35,11 @@ tracemalloc for events of 3 to 300 fields)."""
 Queued = tuple[int, float, str, str, dict[str, Any], Optional[dict[str, Any]], int]
 """An accepted event as it waits for its batch: ``(seq, accepted_at, type, action, identifiers,
 data, size)``, ``size`` being what it counts against ``max_queue_bytes``. The dicts are the
-event's own copies of the caller's (dicts of strings and numbers, which the garbage collector
-does not track): one small tuple per event, so a burst of queued events adds little work to
-every collection."""
+event's own copies of the caller's: one tuple and two dicts per event. The garbage collector does
+not track such dicts, but it keeps tracking a tuple that holds a dict, so a full collection visits
+every queued event (about 20 ms for 100,000 on the benchmark machine). Holding the fields as
+tuples of pairs instead ends that but makes collections far more frequent (benchmarks/RESULTS.md,
+goal 4)."""
 
 
 def object_size(json_estimate: int, event: OdpEvent) -> int:
