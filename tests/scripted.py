@@ -118,8 +118,13 @@ class Process:
         self.process.stdin.flush()
 
     def wait(self, timeout: float = 30.0) -> int:
-        """Wait for the process to end (bounded) and its output to be read; its exit code."""
-        code = self.process.wait(timeout)
+        """Wait for the process to end (bounded) and its output to be read; its exit code. Fails
+        the test with the process's last output when it does not end in time."""
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{self} still runs after {timeout}s; its last output:\n"
+                        + "\n".join(self.stdout[-20:] + self.stderr[-40:]))
         for reader in self._readers:
             reader.join(timeout)
         return code
