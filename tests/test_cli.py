@@ -7,6 +7,7 @@ import json
 import re
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ from test_cli_support import (
     COMMAND,
     KEY,
     MASKED_KEY,
+    ROOT,
     clean_environment,
     error_line,
     read_line,
@@ -305,3 +307,39 @@ def test_help_and_version_return_zero(capsys: pytest.CaptureFixture[str]) -> Non
     assert main(["send", "--help"]) == 0
     out = capsys.readouterr().out
     assert "optimizely-odp 0.1.0" in out and "--datafile-url" in out
+
+
+STOP_WHILE_LOCKED = """
+import os, signal, sys
+from optimizely_odp_ext.cli.common import StopRequest
+calls = []
+with StopRequest(on_request=lambda: calls.append(1)) as stop:
+    # The main thread holds the lock Event.set() takes, as it does for an instant inside
+    # requested.wait(), when the handler runs (at the loop's next bytecodes).
+    with stop.requested._cond:
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(10_000):
+            pass
+    print("stopped", stop.requested.wait(10), stop.name, len(calls), flush=True)
+"""
+
+
+def test_a_stop_signal_never_deadlocks_on_a_lock_the_main_thread_holds() -> None:
+    """The relay, replay and import stop on SIGTERM/Ctrl-C through StopRequest. Its handler
+    once set a threading.Event itself: arriving while the main thread was inside that Event's
+    wait(), it waited for itself for ever (a relay hung after SIGTERM)."""
+    done = subprocess.run([sys.executable, "-c", STOP_WHILE_LOCKED], capture_output=True, text=True,
+                          timeout=30, env=clean_environment(PYTHONPATH=str(ROOT)))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["stopped", "True", "SIGTERM", "1"]
+
+
+def test_a_second_stop_signal_interrupts_at_once() -> None:
+    """Ctrl-C twice quits at once, whatever the first one is waiting for."""
+    script = STOP_WHILE_LOCKED.replace("print(", "os.kill(os.getpid(), signal.SIGINT)\n    for _ in range(10_000):\n"
+                                       "        pass\n    print(")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+                          env=clean_environment(PYTHONPATH=str(ROOT)))
+    # An uncaught KeyboardInterrupt ends Python by SIGINT (the command's main() exits 130 instead).
+    assert done.returncode == -signal.SIGINT and "KeyboardInterrupt" in done.stderr
+    assert "stopped" not in done.stdout

@@ -11,11 +11,12 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import re
 import signal
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -29,6 +30,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 70,
 EXIT_BROKEN_PIPE = 128 + 13
 """stdout's reader went away (``| head``): the status a shell shows for a tool ended by SIGPIPE."""
 DEFAULT_TIMEOUT = 10.0
+WATCHER_JOIN_TIMEOUT = 5.0
+"""Seconds a :class:`StopRequest` waits at its end for its watcher thread (which is quick)."""
 
 masked = mask_key
 
@@ -158,24 +161,52 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 class StopRequest:
     """Ctrl-C or SIGTERM asks a long command to stop cleanly: the first signal sets
-    :attr:`requested` (the command finishes what is under way and saves its state), a
-    second one raises ``KeyboardInterrupt`` at once. Use as a context manager on the main
-    thread (elsewhere it only offers :attr:`requested`)."""
+    :attr:`requested` (the command finishes what is under way and saves its state) and calls
+    ``on_request``; a second one raises ``KeyboardInterrupt`` at once. Use as a context manager
+    on the main thread (elsewhere it only offers :attr:`requested`).
 
-    def __init__(self, on_request: Any = None) -> None:
+    The signal handler takes no lock: it only writes the signal's number to a pipe, and a
+    watcher thread sets :attr:`requested` and calls ``on_request``. A handler runs in the main
+    thread between two bytecodes, possibly while that thread holds the very lock that
+    ``Event.set()`` takes (inside ``requested.wait()``, say): it would wait for itself for ever
+    (Python's signal docs warn of it; a relay test hung so, once in a few hundred SIGTERMs).
+    """
+
+    def __init__(self, on_request: Callable[[], None] | None = None) -> None:
         self.requested = threading.Event()
+        self.name = ""
+        """The name of the signal that asked for the stop ("SIGTERM"), once one did."""
         self._on_request = on_request
         self._previous: dict[int, Any] = {}
+        self._signals = 0
+        self._pipe: tuple[int, int] | None = None
+        self._watcher: threading.Thread | None = None
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested.is_set():
+        self._signals += 1
+        if self._signals > 1:
             raise KeyboardInterrupt
-        self.requested.set()
-        if self._on_request is not None:
-            self._on_request()
+        assert self._pipe is not None
+        with contextlib.suppress(OSError):  # a full pipe: a stop is on its way already
+            os.write(self._pipe[1], bytes([signum]))
+
+    def _watch(self, read_end: int) -> None:
+        try:
+            while number := os.read(read_end, 1):  # b"": the context ended
+                self.name = signal.Signals(number[0]).name
+                self.requested.set()
+                if self._on_request is not None:
+                    self._on_request()
+        finally:
+            os.close(read_end)
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
+            self._pipe = os.pipe()
+            os.set_blocking(self._pipe[1], False)
+            self._watcher = threading.Thread(target=self._watch, args=(self._pipe[0],), name="stop-request",
+                                             daemon=True)
+            self._watcher.start()
             for signum in (signal.SIGINT, signal.SIGTERM):
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
@@ -184,3 +215,8 @@ class StopRequest:
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous.clear()
+        if self._pipe is not None:
+            os.close(self._pipe[1])  # the watcher reads what is left, then the end of the pipe
+            self._pipe = None
+            assert self._watcher is not None
+            self._watcher.join(WATCHER_JOIN_TIMEOUT)

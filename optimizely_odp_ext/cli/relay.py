@@ -24,16 +24,13 @@ or only append (``deliver=False``).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any, Callable
 
-from optimizely_odp_ext.cli.common import EXIT_OK, EXIT_USAGE, PROG, CliError, plural, positive_float
+from optimizely_odp_ext.cli.common import EXIT_OK, EXIT_USAGE, PROG, CliError, StopRequest, plural, positive_float
 from optimizely_odp_ext.cli.session import manager_arguments, resolve_settings
 from optimizely_odp_ext.settings import SETTINGS, SettingError
 
@@ -142,10 +139,10 @@ def run(args: argparse.Namespace) -> int:
     say(f"relay: delivering from {spool['description']}{who}; SIGTERM or Ctrl-C stops it "
         f"(drain up to {args.drain_timeout:g}s)")
     watch = Watch(manager, args.status_every)
-    with stop_signals() as stopping:
-        fatal = watch.run_until(stopping.event)
+    with StopRequest() as stop:
+        fatal = watch.run_until(stop.requested)
         if not fatal:
-            say(f"relay: {stopping.name or 'stop'} received: draining (up to {args.drain_timeout:g}s)")
+            say(f"relay: {stop.name or 'stop'} received: draining (up to {args.drain_timeout:g}s)")
         drained = manager.close(0.0 if fatal else args.drain_timeout)
     say("relay: stopped; " + watch.summary(manager.stats(), drained))
     if fatal:
@@ -247,32 +244,3 @@ def _age(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:.1f}{unit}"
     return f"{seconds:.1f}s"
-
-
-class _Stopping:
-    def __init__(self) -> None:
-        self.event = threading.Event()
-        self.name = ""
-
-
-@contextlib.contextmanager
-def stop_signals() -> Iterator[_Stopping]:
-    """Within the block, the first SIGTERM or SIGINT asks for a stop; a second one raises
-    KeyboardInterrupt (exit 130). Main thread only; elsewhere only the stop flag exists."""
-    stopping = _Stopping()
-    if threading.current_thread() is not threading.main_thread():
-        yield stopping
-        return
-
-    def on_signal(signum: int, frame: Any) -> None:
-        if stopping.event.is_set():
-            raise KeyboardInterrupt
-        stopping.name = signal.Signals(signum).name
-        stopping.event.set()
-
-    previous = {number: signal.signal(number, on_signal) for number in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield stopping
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)

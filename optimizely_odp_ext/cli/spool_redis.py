@@ -36,11 +36,12 @@ from optimizely_odp_ext.cli.common import (
     EXIT_OK,
     EXIT_USAGE,
     CliError,
+    StopRequest,
     plural,
     positive_float,
     positive_int,
 )
-from optimizely_odp_ext.cli.relay import fatal_error, make_logger, say, stop_signals, stream_figures
+from optimizely_odp_ext.cli.relay import fatal_error, make_logger, say, stream_figures
 from optimizely_odp_ext.integration import mask_key
 from optimizely_odp_ext.settings import SETTINGS_BY_NAME, SettingError
 from optimizely_odp_ext.spool.urls import mask_url
@@ -267,9 +268,9 @@ def run_replay(args: argparse.Namespace) -> int:
     manager.start(logger=make_logger(bool(getattr(args, "verbose", False))), notification_center=None,
                   integration=None)
     done, problem, interrupted = False, "", False
-    with stop_signals() as stopping:
+    with StopRequest() as stopping:
         progress = _ReplayProgress(interval)
-        while not stopping.event.is_set():
+        while not stopping.requested.is_set():
             try:
                 done = spool.delivered_up_to(target)
             except SpoolUnavailableError:
@@ -282,8 +283,8 @@ def run_replay(args: argparse.Namespace) -> int:
             if done or problem:
                 break
             progress.tick(stats)
-            stopping.event.wait(REPLAY_POLL)
-        interrupted = stopping.event.is_set() and not done
+            stopping.requested.wait(REPLAY_POLL)
+        interrupted = stopping.requested.is_set() and not done
         manager.close(CLOSE_TIMEOUT)
     stats = manager.stats()
     rejected = int((stats.get("dropped") or {}).get("rejected", 0))
