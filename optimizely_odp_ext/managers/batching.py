@@ -4,7 +4,7 @@ Pure data structures, no threads and no I/O: the event managers drive them, thro
 :class:`~optimizely_odp_ext.managers.ledger.DeliveryLedger`, under their lock. Encoding a batch
 (:func:`seal`) is the one slow step, and it runs without the lock.
 
-An event waits at its destination as the caller's object (or as bytes, when a spool stored it)
+An event waits at its destination as a flat tuple of its fields (or as bytes, when a spool stored it)
 until its batch is cut; from then on the batch is one encoded body, so memory is close to the
 bytes sent, and a retried batch is sent byte for byte (same idempotence ids) every time.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Union
 
 from optimizely_odp_ext import encoding
 from optimizely_odp_ext.event import OdpEvent, wire_dict
@@ -25,21 +25,27 @@ BATCH_OVERHEAD = 256
 """Bytes a batch takes beyond its body (the objects that hold it), for ``max_queue_bytes``."""
 SPOOL_ID_OVERHEAD = 40
 """Bytes one spool id takes in memory (a list slot and an int)."""
-OBJECT_OVERHEAD = 400
+OBJECT_OVERHEAD = 100
 PER_FIELD_OVERHEAD = 88
 """Bytes an event not yet encoded takes beyond its JSON, for ``max_queue_bytes``: about
-``OBJECT_OVERHEAD + PER_FIELD_OVERHEAD * fields`` (its tuple, dicts and values; measured with
-tracemalloc for events of 3 to 300 fields)."""
+``OBJECT_OVERHEAD + PER_FIELD_OVERHEAD * fields`` (its tuple, and each field's key and value as
+objects of their own; measured with tracemalloc for events of 3 to 301 fields by
+``benchmarks/object_overhead.py``, which prints the figures this must stay above)."""
 
 
-Queued = tuple[int, float, str, str, dict[str, Any], Optional[dict[str, Any]], int]
-"""An accepted event as it waits for its batch: ``(seq, accepted_at, type, action, identifiers,
-data, size)``, ``size`` being what it counts against ``max_queue_bytes``. The dicts are the
-event's own copies of the caller's: one tuple and two dicts per event. The garbage collector does
-not track such dicts, but it keeps tracking a tuple that holds a dict, so a full collection visits
-every queued event (about 20 ms for 100,000 on the benchmark machine). Holding the fields as
-tuples of pairs instead ends that but makes collections far more frequent (benchmarks/RESULTS.md,
-goal 4)."""
+Queued = tuple[Any, ...]
+"""An accepted event as it waits for its batch, as one flat tuple: ``(seq, accepted_at, type,
+action, n, m, size, *identifier keys, *identifier values, *data keys, *data values)``, ``n`` and
+``m`` being how many identifiers and data fields it has and ``size`` what it counts against
+``max_queue_bytes``.
+
+Flat, because the garbage collector leaves alone a tuple that holds only strings and numbers: a
+full collection then skips every waiting event. A tuple holding the event's dicts stays tracked
+(about 20 ms per full pass over 100,000 waiting events on the benchmark machine), and tuples of
+pairs cost more allocations, so more frequent collections (benchmarks/RESULTS.md, goal 4)."""
+
+_FIELDS = 7
+"""Where the identifier keys start in a :data:`Queued` tuple."""
 
 
 def object_size(json_estimate: int, event: OdpEvent) -> int:
@@ -50,7 +56,12 @@ def object_size(json_estimate: int, event: OdpEvent) -> int:
 
 def queued(seq: int, event: OdpEvent, size: int) -> Queued:
     """The compact form of ``event``, with its acceptance order and counted size."""
-    return (seq, event.accepted_at, event.type, event.action, event.identifiers, event.data, size)
+    ids = event.identifiers
+    data = event.data
+    if data:
+        return (seq, event.accepted_at, event.type, event.action, len(ids), len(data), size,
+                *ids, *ids.values(), *data, *data.values())
+    return (seq, event.accepted_at, event.type, event.action, len(ids), 0, size, *ids, *ids.values())
 
 
 class Encoded(NamedTuple):
@@ -125,7 +136,14 @@ def json_size_estimate(event: OdpEvent) -> int:
 
 def to_wire(item: Queued) -> dict[str, Any]:
     """The dict ``json.dumps`` turns into the event's bytes (a new idempotence id)."""
-    return wire_dict(item[2], item[3], item[4], item[5])
+    n = item[4]
+    values = _FIELDS + n
+    data_keys = values + n
+    identifiers = ({item[_FIELDS]: item[values]} if n == 1  # the usual case, cheaper
+                   else dict(zip(item[_FIELDS:values], item[values:data_keys])))
+    m = item[5]
+    data = zip(item[data_keys:data_keys + m], item[data_keys + m:]) if m else None
+    return wire_dict(item[2], item[3], identifiers, data)
 
 
 def seal(destination: OdpIntegration, items: Sequence[Waiting], size_hint: int) -> Batch:

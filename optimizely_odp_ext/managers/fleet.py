@@ -82,7 +82,8 @@ class FleetJobs(ManagerState):
         whole chunk waits, or a flush or close wants them stored)."""
         if len(self._to_store) >= STORE_CHUNK or self._flushing or self._stopping:
             return self._store_not_before
-        return max(self._store_not_before, self._to_store[0][1][1] + STORE_LINGER)
+        accepted_at: float = self._to_store[0][1][1]
+        return max(self._store_not_before, accepted_at + STORE_LINGER)
 
     def _claim_job(self, now: float) -> Job | None:
         """Keeping claims, reading the store's figures, or claiming more, if due (lock held)."""

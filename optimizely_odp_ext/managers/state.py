@@ -284,7 +284,7 @@ def spool_ids(items: Sequence[Waiting]) -> list[SpoolId]:
 
 def object_memory(items: Sequence[Waiting]) -> int:
     """What the events among ``items`` not encoded yet count against ``max_queue_bytes``."""
-    return sum(item[6] for item in items if type(item) is tuple)  # type: ignore[misc]
+    return sum(item[6] for item in items if type(item) is tuple)
 
 
 ClaimedGroups = list[tuple[Optional[OdpIntegration], list[Encoded], int]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from pathlib import Path
@@ -174,6 +175,29 @@ def test_a_burst_of_large_events_after_small_ones_stays_within_max_queue_bytes(c
     manager.flush(0.5)  # cuts and encodes every waiting event (nothing can be delivered)
     assert manager.stats()["queued_bytes"] <= cap * 1.1, "counted as what they take once encoded"
     manager.close(0)
+
+
+def test_a_full_garbage_collection_does_not_walk_the_waiting_events(collector: OdpCollector) -> None:
+    """A full GC pass over a big backlog paused the caller ~20 ms per 100,000 events: waiting
+    events must be left out of it, and still arrive with every field as sent."""
+    integration = OdpIntegration(collector.url, API_KEY)
+    manager = started(BatchEventManager(flush_interval=3600, batch_size=500, max_queue_events=10**6), integration)
+    data = {"plan": "pro", "seats": 3, "ratio": 0.5, "trial": False, "note": None}
+    for i in range(300):
+        built = (build_event("gc-check", {"fs_user_id": f"u{i}", "email": f"u{i}@example.com"}, data=data)
+                 if i % 2 else build_event("gc-check", {"fs_user_id": i}))
+        built.integration = integration
+        assert manager.send(built)
+    assert manager.stats()["queued"] == 300, "nothing was cut into a batch yet"
+    gc.collect()
+    walked = [obj for obj in gc.get_objects() if type(obj) is tuple and "gc-check" in obj]
+    assert walked == [], f"{len(walked)} waiting events are still tracked by the garbage collector"
+    assert manager.flush(10) and collector.wait_for_events(300)
+    received = {str(e["identifiers"]["fs_user_id"]): e for e in collector.events}
+    assert received["u1"]["identifiers"] == {"fs_user_id": "u1", "email": "u1@example.com"}
+    assert {k: received["u1"]["data"][k] for k in data} == data
+    assert received["2"]["identifiers"] == {"fs_user_id": 2} and "plan" not in received["2"]["data"]
+    manager.close()
 
 
 def test_a_long_outage_logs_a_failed_request_once_per_interval_with_a_count(
