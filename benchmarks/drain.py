@@ -34,7 +34,7 @@ import clients
 import common
 import floor
 
-from optimizely_odp_ext.managers.batching import OBJECT_OVERHEAD, PER_FIELD_OVERHEAD
+from optimizely_odp_ext.managers.batching import WAITING_OVERHEAD
 
 EVENTS = {"small": 50_000, "2k": 20_000, "20k": 4_000}
 LATENCIES = (0, 50)
@@ -242,7 +242,7 @@ def render(results: DrainResults) -> str:
     if refused:
         out.append(
             f"- In {len(refused)} run(s) a burst filled ours' `max_queue_bytes` (default 128 MiB, which counts "
-            f"each event not yet encoded at its JSON size + {OBJECT_OVERHEAD} B + {PER_FIELD_OVERHEAD} B per field): "
+            f"each waiting event at its JSON size + {WAITING_OVERHEAD} B): "
             "the calls beyond it returned "
             "`queueFull` to the caller, as documented, and figures are per delivered event. Largest: " + "; ".join(
                 f"{'/'.join(map(str, k))}: {r['events'] - r['accepted']:,} of {r['events']:,} refused"

@@ -23,7 +23,6 @@ import random
 import re
 import sys
 import time
-from collections.abc import Iterable, Mapping
 from typing import Any, Union
 
 from optimizely_odp_ext import encoding
@@ -62,25 +61,17 @@ def new_idempotence_id() -> str:
     return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
 
 
-Pairs = Union[Mapping[str, Any], Iterable[tuple[str, Any]]]
-"""A dict, or its ``items()`` (how a manager may keep an event compactly)."""
-
-
-def wire_data(data: Pairs | None) -> OdpData:
+def wire_data(data: OdpData | None) -> OdpData:
     """The ``data`` object as the official client sends it: the default data (a new
     idempotence id each call), then the caller's on top (same keys keep their place)."""
-    wire: OdpData = {
-        "idempotence_id": new_idempotence_id(),
-        "data_source_type": "sdk",
-        "data_source": "python-sdk",
-        "data_source_version": SDK_VERSION,
-    }
     if data:
-        wire.update(data)
-    return wire
+        return {"idempotence_id": new_idempotence_id(), "data_source_type": "sdk", "data_source": "python-sdk",
+                "data_source_version": SDK_VERSION, **data}
+    return {"idempotence_id": new_idempotence_id(), "data_source_type": "sdk", "data_source": "python-sdk",
+            "data_source_version": SDK_VERSION}
 
 
-def wire_dict(type: str, action: str, identifiers: dict[str, Any], data: Pairs | None) -> dict[str, Any]:
+def wire_dict(type: str, action: str, identifiers: dict[str, Any], data: OdpData | None) -> dict[str, Any]:
     """One event as ODP receives it, in the official client's key order (``identifiers`` is
     used as it is, not copied: it is the event's own copy)."""
     return {"type": type, "action": action, "identifiers": identifiers, "data": wire_data(data)}

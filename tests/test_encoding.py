@@ -40,9 +40,14 @@ EVENTS = [random_event(random.Random(seed)) for seed in range(3000)]
 def test_an_event_is_json_dumps_of_it_and_a_batch_is_json_dumps_of_the_list() -> None:
     for event in EVENTS[:200]:
         assert encoding.encode(event) == json.dumps(event).encode()
-    assert encoding.encode_list(EVENTS, 300) == json.dumps(EVENTS).encode()
-    assert encoding.encode_list(EVENTS[:50], 10**9) == json.dumps(EVENTS[:50]).encode()
-    assert encoding.encode_list(EVENTS[:7], 1) == json.dumps(EVENTS[:7]).encode(), "one value per chunk"
+    assert encoding.join([encoding.encode(event) for event in EVENTS]) == json.dumps(EVENTS).encode()
+
+
+def test_the_standard_librarys_encoder_built_once_writes_what_json_dumps_writes() -> None:
+    for event in EVENTS:
+        assert encoding._stdlib_dumps(event) == json.dumps(event), event
+    with pytest.raises(TypeError, match="Object of type object is not JSON serializable"):
+        encoding._stdlib_dumps({"data": object()})
 
 
 def test_join_and_split_give_back_each_events_bytes() -> None:

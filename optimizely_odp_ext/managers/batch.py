@@ -1,12 +1,13 @@
 """The default event manager: batches in the background, several requests in flight.
 
-The caller's thread checks capacity and appends the (already validated) event to a deque,
-under a lock that is only ever held for a few operations, never while encoding or sending.
+The caller's thread encodes the (already validated) event, checks capacity and appends its
+bytes to its destination's list, under a lock that is only ever held for a few operations,
+never while encoding or sending.
 
 Workers (one thread at first, up to ``max_in_flight`` when there is more to do than one can
-do) take turns at two jobs: cutting and encoding a batch, and sending one. A worker that
-encodes a batch usually sends it too, so at low latency one thread does all the work and
-nothing is handed from thread to thread; while requests wait for ODP, other workers encode
+do) take turns at two jobs: cutting a batch (joining its events' bytes), and sending one. A
+worker that cuts a batch usually sends it too, so at low latency one thread does all the work
+and nothing is handed from thread to thread; while requests wait for ODP, other workers cut
 and send the next batches. Nothing is dropped except by the documented policies (refused by
 the server, older than ``max_event_age``, left at shutdown), each counted, announced and logged.
 """
@@ -20,14 +21,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable
 
 from optimizely_odp_ext import encoding
-from optimizely_odp_ext.event import OdpEvent
+from optimizely_odp_ext.event import OdpEvent, wire_dict
 from optimizely_odp_ext.integration import OdpIntegration
 from optimizely_odp_ext.managers import lifecycle
 from optimizely_odp_ext.managers.base import DEFAULT_FLUSH_TIMEOUT, EventManager
-from optimizely_odp_ext.managers.batching import Encoded, json_size_estimate, object_size, queued
+from optimizely_odp_ext.managers.batching import SPOOL_ID, WAITING_OVERHEAD, waiting_memory
 from optimizely_odp_ext.managers.fleet import FleetJobs
 from optimizely_odp_ext.managers.jobs import DeliveryJobs
-from optimizely_odp_ext.managers.state import ENCODED_OVERHEAD, encoded_memory, seq_of
+from optimizely_odp_ext.managers.state import seq_of
 from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
 from optimizely_odp_ext.settings import ManagerSettings, seconds
 from optimizely_odp_ext.spool import Spool, SpoolId, SpoolRecord
@@ -36,9 +37,6 @@ if TYPE_CHECKING:  # imported when a spool is configured: a manager without one 
     from optimizely_odp_ext.managers.spool_link import SpoolLink
     from optimizely_odp_ext.spool.opening import SpoolProblem
 
-SAMPLE_EVERY_MASK = 63
-"""One event in 64 has its size measured at send (the mean size it counts for, until its batch
-is encoded, follows a burst of larger events within 64 events)."""
 SPAWN_LATENCY = 0.005
 """Seconds a request must take, on average, before a second worker is worth its GIL contention
 (and, with ``n`` workers, at least ``2 n`` times a worker's own work per batch)."""
@@ -107,51 +105,49 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
             self._start_worker()
 
     def send(self, event: OdpEvent) -> SendResult:
-        """Queue one event. Non-blocking (with a write-through spool: waits for the store's
-        write), thread-safe, never raises. A refusal is returned, not counted or logged here."""
+        """Encode and queue one event. Non-blocking (with a write-through spool: waits for the
+        store's write), thread-safe, never raises. A refusal is returned, not counted or logged
+        here."""
         if self._closed:
             return _closed_result()
         integration = event.integration
         if integration is None:  # the client binds every event before handing it over
             return SendResult.discarded(DiscardReason.ODP_NOT_INTEGRATED, "ODP event has no integration.")
+        try:
+            body = encoding.encode(wire_dict(event.type, event.action, event.identifiers, event.data))
+        except (TypeError, ValueError, OverflowError, RecursionError) as error:  # validated: only a bug gets here
+            return SendResult.discarded(DiscardReason.INVALID_DATA, f"ODP event cannot be encoded: {error}")
+        size = len(body) + WAITING_OVERHEAD
         link = self._link
         if link is not None and link.write_through:
-            return self._send_through(event, integration, link)
-        self._sampled += 1
-        if not self._sampled & SAMPLE_EVERY_MASK:  # now and then, measure one (a burst of large events)
-            self._json_estimate = max(self._json_estimate - self._json_estimate // 8, json_size_estimate(event))
-        size = object_size(self._json_estimate, event)
+            return self._send_through(event, integration, link, body, size)
         s = self.settings
         with self._lock:
             if self._closed:
                 return _closed_result()
-            if (self._held >= s.max_queue_events
-                    or self._memory() + size > s.max_queue_bytes):
+            if self._held >= s.max_queue_events or self._encoded_bytes + size > s.max_queue_bytes:
                 return _queue_full_result(s)
             self._held += 1
-            self._unencoded_bytes += size
-            self._unencoded_count += 1
-            self._accepted += 1
+            self._encoded_bytes += size
             seq = self._next_seq
             self._next_seq = seq + 1
             if self._fleet:
-                self._to_store.append((integration, queued(seq, event, size)))
-                start = self._wake_for(len(self._to_store))
+                self._to_store.append((integration, (seq, event.accepted_at, body, 0)))
+                queued = len(self._to_store)
             else:
-                dest = self._destination(integration)
-                dest.waiting.append(queued(seq, event, size))
-                start = self._wake_for(len(dest.waiting))
+                last, dest = self._route
+                if integration is not last or dest is None:
+                    dest = self._destination(integration)
+                dest.waiting.append((seq, event.accepted_at, body, 0))
+                queued = len(dest.waiting)
+            start = self._wake_for(queued)
         if start:
             self._start_worker()
         return ACCEPTED
 
-    def _send_through(self, event: OdpEvent, integration: OdpIntegration, link: SpoolLink) -> SendResult:
+    def _send_through(self, event: OdpEvent, integration: OdpIntegration, link: SpoolLink, body: bytes,
+                      size: int) -> SendResult:
         """``send`` with a write-through spool: the event is stored before this returns."""
-        try:
-            body = encoding.encode(event.to_dict())
-        except (TypeError, ValueError, OverflowError) as error:
-            return SendResult.discarded(DiscardReason.INVALID_DATA, f"ODP event cannot be encoded: {error}")
-        size = len(body) + ENCODED_OVERHEAD
         s = self.settings
         with self._lock:
             if self._closed:
@@ -159,7 +155,6 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
             if self._held >= s.max_queue_events or self._memory() + size > s.max_queue_bytes:
                 return _queue_full_result(s)
             self._held += 1
-            self._accepted += 1
             self._encoded_bytes += size
             seq = self._next_seq
             self._next_seq = seq + 1
@@ -170,7 +165,7 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
             with self._lock:
                 self._storing -= 1
                 dest = self._destination(integration)
-                dest.waiting.append(Encoded(seq, event.accepted_at, body, ids[0] if ids else 0))
+                dest.waiting.append((seq, event.accepted_at, body, ids[0] if ids else 0))
                 if len(dest.waiting) > 1 and dest.waiting[-2][0] > seq:  # another caller stored first
                     dest.waiting.sort(key=seq_of)
                 start = self._wake_for(len(dest.waiting))
@@ -183,7 +178,7 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
         worker when the first event arrives (to time the flush interval) or a batch is full;
         True when a worker must be started."""
         if self._idle:
-            if waiting == 1 or waiting == self._cut_size():
+            if waiting == 1 or waiting == self._cut_events:
                 self._work.notify()
             return False
         return not self._workers and self._reserve_worker()
@@ -330,11 +325,11 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
         placed after the rest was handed back, taken out to be handed back too."""
         late: list[SpoolId] = []
         for dest in self._ledger.destinations.values():
-            claimed = [item for item in dest.waiting if isinstance(item, Encoded) and item.spool_id]
+            claimed = [item for item in dest.waiting if item[SPOOL_ID]]
             if claimed:
-                late += [item.spool_id for item in claimed]
-                self._encoded_bytes -= encoded_memory(claimed)
-                dest.waiting = [item for item in dest.waiting if not (isinstance(item, Encoded) and item.spool_id)]
+                late += [item[SPOOL_ID] for item in claimed]
+                self._encoded_bytes -= waiting_memory(claimed)
+                dest.waiting = [item for item in dest.waiting if not item[SPOOL_ID]]
         return late
 
     def stats(self) -> dict[str, Any]:
@@ -342,7 +337,7 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
         with self._lock:
             stats = self._ledger.stats()
             stats.update(
-                accepted=self._accepted,
+                accepted=self._next_seq,
                 recovered=self._recovered,
                 queued=self._held - self._ledger.in_flight_events,
                 queued_bytes=self._memory(),
@@ -365,8 +360,8 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
             self._integration_known = True
             unbound, self._unbound = self._unbound, []
             if integration is None:
-                self._give_up(len(unbound), DiscardReason.ODP_NOT_INTEGRATED, [item.spool_id for item in unbound],
-                              encoded_memory(unbound))
+                self._give_up(len(unbound), DiscardReason.ODP_NOT_INTEGRATED, [item[SPOOL_ID] for item in unbound],
+                              waiting_memory(unbound))
             else:
                 self._ledger.destination(integration).put_back_first(unbound)
                 self._ledger.move_refused(integration, self._log)
@@ -440,11 +435,11 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
                     self._more_hands()
                     return functools.partial(self._send_batch, batch)
         flushing = self._flushing > 0 or self._closed
-        cut = self._cut_size()
+        cut = self._cut_events
         for dest in ledger.destinations.values():
             waiting = dest.waiting
             if waiting and (flushing or len(waiting) >= cut or waiting[0][1] + s.flush_interval <= now):
-                items = dest.take_waiting(cut)
+                items = dest.take_batch(s.batch_size, s.max_batch_bytes)
                 token = next(self._tokens)
                 ledger.sealing[token] = items[0][0]
                 dest.sealing += 1
@@ -466,7 +461,7 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
         Redis client) must be well under the wait: otherwise more workers only take turns at
         the GIL, and application threads wait for the lock behind them."""
         waiting = self._request_time
-        own_work = self._encode_time + self._fleet_work * self._cut_size()
+        own_work = self._encode_time + self._fleet_work * self._cut_events
         if (self._idle or waiting < SPAWN_LATENCY or waiting < 2 * own_work * self._workers
                 or self._workers > self.settings.max_in_flight):
             return

@@ -1,12 +1,13 @@
 """Where accepted events wait, per destination, and how they become batches.
 
 Pure data structures, no threads and no I/O: the event managers drive them, through their
-:class:`~optimizely_odp_ext.managers.ledger.DeliveryLedger`, under their lock. Encoding a batch
-(:func:`seal`) is the one slow step, and it runs without the lock.
+:class:`~optimizely_odp_ext.managers.ledger.DeliveryLedger`, under their lock. Joining a batch
+(:func:`seal`) copies its bytes, and runs without the lock.
 
-An event waits at its destination as a flat tuple of its fields (or as bytes, when a spool stored it)
-until its batch is cut; from then on the batch is one encoded body, so memory is close to the
-bytes sent, and a retried batch is sent byte for byte (same idempotence ids) every time.
+An event is encoded when it is accepted, on the caller's thread, and waits at its destination as
+its JSON bytes until its batch is cut; a batch is those bytes joined into one body. Memory is then
+close to the bytes sent, and a retried batch is sent byte for byte (same idempotence ids) every
+time.
 """
 
 from __future__ import annotations
@@ -14,10 +15,9 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Union
+from typing import Final
 
 from optimizely_odp_ext import encoding
-from optimizely_odp_ext.event import OdpEvent, wire_dict
 from optimizely_odp_ext.integration import OdpIntegration
 from optimizely_odp_ext.spool.base import SpoolId
 
@@ -25,59 +25,33 @@ BATCH_OVERHEAD = 256
 """Bytes a batch takes beyond its body (the objects that hold it), for ``max_queue_bytes``."""
 SPOOL_ID_OVERHEAD = 40
 """Bytes one spool id takes in memory (a list slot and an int)."""
-OBJECT_OVERHEAD = 100
-PER_FIELD_OVERHEAD = 88
-"""Bytes an event not yet encoded takes beyond its JSON, for ``max_queue_bytes``: about
-``OBJECT_OVERHEAD + PER_FIELD_OVERHEAD * fields`` (its tuple, and each field's key and value as
-objects of their own; measured with tracemalloc for events of 3 to 301 fields by
-``benchmarks/object_overhead.py``, which prints the figures this must stay above)."""
+WAITING_OVERHEAD = 200
+"""Bytes an event waiting for its batch takes beyond its JSON, for ``max_queue_bytes``: its
+tuple, its order and time, the bytes object's header and the list slot (measured with
+tracemalloc by ``benchmarks/object_overhead.py``, which prints the figure this must stay above)."""
+
+Waiting = tuple[int, float, bytes, SpoolId]
+"""An accepted event waiting for its batch: ``(seq, accepted_at, body, spool_id)``.
+
+- ``seq``: its acceptance order (-1: read back from a spool, older than any of this run);
+- ``accepted_at``: ``time.monotonic()`` when accepted (in this process's clock);
+- ``body``: its JSON, as sent;
+- ``spool_id``: its id in the spool, 0 when it is not in one.
+
+A plain tuple of bytes and numbers, because the garbage collector stops tracking such a tuple at
+its first pass: a full collection then skips every waiting event (a tracked object per waiting
+event cost about 20 ms per full pass over 100,000 of them on the benchmark machine:
+benchmarks/RESULTS.md, goal 4)."""
+SEQ: Final = 0
+ACCEPTED_AT: Final = 1
+BODY: Final = 2
+SPOOL_ID: Final = 3
 
 
-Queued = tuple[Any, ...]
-"""An accepted event as it waits for its batch, as one flat tuple: ``(seq, accepted_at, type,
-action, n, m, size, *identifier keys, *identifier values, *data keys, *data values)``, ``n`` and
-``m`` being how many identifiers and data fields it has and ``size`` what it counts against
-``max_queue_bytes``.
+def waiting_memory(items: Sequence[Waiting]) -> int:
+    """What ``items`` count against ``max_queue_bytes``."""
+    return sum(len(item[BODY]) for item in items) + WAITING_OVERHEAD * len(items)
 
-Flat, because the garbage collector leaves alone a tuple that holds only strings and numbers: a
-full collection then skips every waiting event. A tuple holding the event's dicts stays tracked
-(about 20 ms per full pass over 100,000 waiting events on the benchmark machine), and tuples of
-pairs cost more allocations, so more frequent collections (benchmarks/RESULTS.md, goal 4)."""
-
-_FIELDS = 7
-"""Where the identifier keys start in a :data:`Queued` tuple."""
-
-
-def object_size(json_estimate: int, event: OdpEvent) -> int:
-    """What an event not yet encoded counts against ``max_queue_bytes``. O(1)."""
-    data = event.data
-    return json_estimate + OBJECT_OVERHEAD + PER_FIELD_OVERHEAD * (len(event.identifiers) + (len(data) if data else 0))
-
-
-def queued(seq: int, event: OdpEvent, size: int) -> Queued:
-    """The compact form of ``event``, with its acceptance order and counted size."""
-    ids = event.identifiers
-    data = event.data
-    if data:
-        return (seq, event.accepted_at, event.type, event.action, len(ids), len(data), size,
-                *ids, *ids.values(), *data, *data.values())
-    return (seq, event.accepted_at, event.type, event.action, len(ids), 0, size, *ids, *ids.values())
-
-
-class Encoded(NamedTuple):
-    """An event that was encoded already (a spool keeps it as bytes)."""
-
-    seq: int
-    """Its acceptance order (-1: read back from a spool, older than any of this run)."""
-    accepted_at: float
-    """``time.monotonic()`` when accepted (in this process's clock)."""
-    body: bytes
-    spool_id: SpoolId
-    """Its id in the spool; 0 when it is not in one."""
-
-
-Waiting = Union[Queued, Encoded]
-"""An event waiting for its batch. ``item[0]`` is its acceptance order, ``item[1]`` when."""
 
 _batch_ids = itertools.count(1)
 
@@ -124,44 +98,12 @@ class Batch:
         return f"Batch(id={self.id}, host={self.destination.host!r}, count={self.count})"
 
 
-def json_size_estimate(event: OdpEvent) -> int:
-    """About how many bytes of JSON ``event`` makes (an upper estimate for ASCII text). Costs about
-    a microsecond for a small event: a manager measures only a sample."""
-    size = 170 + len(event.type) + len(event.action)  # the keys, punctuation and default data
-    for pairs in (event.identifiers, event.data or {}):
-        for key, value in pairs.items():
-            size += len(key) + (len(value) if isinstance(value, str) else 24) + 8
-    return size
-
-
-def to_wire(item: Queued) -> dict[str, Any]:
-    """The dict ``json.dumps`` turns into the event's bytes (a new idempotence id)."""
-    n = item[4]
-    values = _FIELDS + n
-    data_keys = values + n
-    identifiers = ({item[_FIELDS]: item[values]} if n == 1  # the usual case, cheaper
-                   else dict(zip(item[_FIELDS:values], item[values:data_keys])))
-    m = item[5]
-    data = zip(item[data_keys:data_keys + m], item[data_keys + m:]) if m else None
-    return wire_dict(item[2], item[3], identifiers, data)
-
-
-def seal(destination: OdpIntegration, items: Sequence[Waiting], size_hint: int) -> Batch:
-    """Encode waiting events (in acceptance order) into one batch. Slow (it encodes), so it
-    runs without the lock.
-
-    Raises:
-        ValueError, TypeError, OverflowError: an event cannot be encoded (validation should
-            make that impossible).
-    """
-    spool_ids: list[SpoolId] | None = None
-    if all(type(item) is tuple for item in items):
-        body = encoding.encode_list(items, size_hint, to_wire)
-    else:
-        body = encoding.join([item.body if isinstance(item, Encoded) else encoding.encode(to_wire(item))
-                              for item in items])
-        spool_ids = [item.spool_id if isinstance(item, Encoded) else 0 for item in items]
-    return Batch(destination, body, len(items), items[0][0], min(item[1] for item in items), spool_ids)
+def seal(destination: OdpIntegration, items: Sequence[Waiting]) -> Batch:
+    """Join waiting events (in acceptance order) into one batch. It copies their bytes, so it
+    runs without the lock."""
+    spool_ids = [item[SPOOL_ID] for item in items]
+    return Batch(destination, encoding.join([item[BODY] for item in items]), len(items), items[0][SEQ],
+                 min(item[ACCEPTED_AT] for item in items), spool_ids if any(spool_ids) else None)
 
 
 class Destination:
@@ -200,6 +142,17 @@ class Destination:
         else:
             taken, self.waiting = self.waiting[:limit], self.waiting[limit:]
         return taken
+
+    def take_batch(self, batch_size: int, max_batch_bytes: int) -> list[Waiting]:
+        """Remove the oldest waiting events that make one request: at most ``batch_size``, whose
+        body is at most ``max_batch_bytes`` (always at least one event)."""
+        size, count = 2, 0  # "[" and "]", then each body and its ", "
+        for item in itertools.islice(self.waiting, batch_size):
+            size += len(item[BODY]) + 2
+            if count and size > max_batch_bytes:
+                break
+            count += 1
+        return self.take_waiting(count)
 
     def put_back_first(self, items: Sequence[Waiting]) -> None:
         """Events that go before those waiting (read back from a spool, or re-homed)."""

@@ -29,10 +29,9 @@ import functools
 import time
 from typing import Callable
 
-from optimizely_odp_ext import encoding
 from optimizely_odp_ext.integration import OdpIntegration
-from optimizely_odp_ext.managers.batching import Encoded, Waiting, to_wire
-from optimizely_odp_ext.managers.state import ManagerState, encoded_memory, group_claimed
+from optimizely_odp_ext.managers.batching import ACCEPTED_AT, BODY, SPOOL_ID, Waiting, waiting_memory
+from optimizely_odp_ext.managers.state import ManagerState, group_claimed
 from optimizely_odp_ext.result import DiscardReason
 from optimizely_odp_ext.spool import SpoolId, SpoolRecord
 
@@ -134,42 +133,28 @@ class FleetJobs(ManagerState):
 
     # -- appending ---------------------------------------------------------------------------
     def _store(self, items: list[tuple[OdpIntegration, Waiting]]) -> None:
-        """Append accepted events to the shared spool (no lock); kept, as bytes, for another try
-        when the store fails, so a retry stores the same bytes (same idempotence ids)."""
+        """Append accepted events to the shared spool (no lock); kept for another try when the
+        store fails, so a retry stores the same bytes (same idempotence ids)."""
         assert self._link is not None
         started = time.monotonic()
         offset = time.time() - started
-        records: list[SpoolRecord] = []
-        encoded: list[tuple[OdpIntegration, Waiting]] = []
-        failed = 0
-        for integration, item in items:
-            try:
-                body = item.body if isinstance(item, Encoded) else encoding.encode(to_wire(item))
-            except (TypeError, ValueError, OverflowError, RecursionError):
-                failed += 1
-                continue
-            encoded.append((integration, Encoded(item[0], item[1], body, 0)))
-            records.append(SpoolRecord(integration.host, integration.api_key, body, item[1] + offset))
+        records = [SpoolRecord(integration.host, integration.api_key, item[BODY], item[ACCEPTED_AT] + offset)
+                   for integration, item in items]
         ids = self._link.append(records) if records else []
         with self._lock:
             if ids is not None:  # a failed append's time is its timeout, not work
                 self._fleet_work += ((time.monotonic() - started) / len(items) - self._fleet_work) * 0.25
             self._store_in_progress = []
-            self._forget_objects([item for _, item in items])
-            self._encoded_bytes -= encoded_memory([item for _, item in items])
-            if failed:
-                self._log("error", f"ODP: {failed} events could not be encoded and are dropped.")
-                self._give_up(failed, DiscardReason.INTERNAL_ERROR, [], 0)
             if ids is None:
-                self._to_store[:0] = encoded
-                self._encoded_bytes += encoded_memory([item for _, item in encoded])
+                self._to_store[:0] = items
                 self._store_failures += 1
                 wait = min(STORE_RETRY_MAX, 0.05 * 2 ** min(self._store_failures, 10))
                 self._store_not_before = time.monotonic() + (min(wait, 0.2) if self._flushing else wait)
             else:
                 self._store_failures = 0
-                self._held -= len(encoded)
-                self._spooled += len(encoded)
+                self._encoded_bytes -= waiting_memory([item for _, item in items])
+                self._held -= len(items)
+                self._spooled += len(items)
                 if ids:
                     self._last_stored_id = ids[-1]
                 # New entries: a deliverer here claims them soon (not after each append: a claim
@@ -219,9 +204,9 @@ class FleetJobs(ManagerState):
 
     def _claimed_ids(self) -> list[SpoolId]:
         """The ids of the claimed events this process holds, waiting or in flight (lock held)."""
-        ids: list[SpoolId] = [item.spool_id for item in self._unbound]
+        ids: list[SpoolId] = [item[SPOOL_ID] for item in self._unbound]
         for dest in self._ledger.destinations.values():
-            ids += [item.spool_id for item in dest.waiting if isinstance(item, Encoded) and item.spool_id]
+            ids += [item[SPOOL_ID] for item in dest.waiting if item[SPOOL_ID]]
             ids += [i for batch in dest.ready for i in batch.spool_ids or () if i]
         ids += [i for batch in self._ledger.in_flight.values() for i in batch.spool_ids or () if i]
         return ids
@@ -281,8 +266,7 @@ class FleetJobs(ManagerState):
             self._to_store = []
             self._held -= len(kept) + len(unstored)
             self._released += len(kept)
-            self._forget_objects([item for _, item in unstored])
-            self._encoded_bytes -= encoded_memory([item for _, item in unstored])
+            self._encoded_bytes -= waiting_memory([item for _, item in unstored])
             self._ledger.drop(len(unstored), DiscardReason.SHUTDOWN)
         return len(unstored)
 

@@ -1,5 +1,5 @@
 """The jobs a :class:`~optimizely_odp_ext.managers.batch.BatchEventManager` worker does without
-the lock: encoding a batch, sending one, reading what a previous run left in the spool; and
+the lock: cutting a batch, sending one, reading what a previous run left in the spool; and
 giving up events older than ``max_event_age``.
 
 Each job takes the lock only to record what it did (see :mod:`.state`).
@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import time
 
-from optimizely_odp_ext import encoding
-from optimizely_odp_ext.integration import OdpIntegration, mask_key
-from optimizely_odp_ext.managers.batching import Batch, Destination, Encoded, Waiting, seal, to_wire
+from optimizely_odp_ext.integration import mask_key
+from optimizely_odp_ext.managers.batching import Batch, Destination, Waiting, seal, waiting_memory
 from optimizely_odp_ext.managers.ledger import Completion, Fate
-from optimizely_odp_ext.managers.state import ManagerState, encoded_memory, group_claimed, spool_ids
+from optimizely_odp_ext.managers.state import ManagerState, group_claimed
 from optimizely_odp_ext.result import DiscardReason
 from optimizely_odp_ext.settings import seconds
 from optimizely_odp_ext.transport import Outcome, OutcomeKind
@@ -29,68 +28,31 @@ def resolves(outcome: Outcome, count: int) -> bool:
 
 
 class DeliveryJobs(ManagerState):
-    """Encoding and sending batches (see the module docstring)."""
+    """Cutting and sending batches (see the module docstring)."""
 
     def _seal_batch(self, dest: Destination, token: int, items: list[Waiting]) -> None:
-        """Encode waiting events into batches (no lock), then make them ready."""
-        memory_of_encoded = encoded_memory(items)
-        failed: list[Waiting] = []
+        """Join waiting events into a batch (no lock), then make it ready."""
         started = time.monotonic()
-        try:
-            batches = self._fit(seal(dest.integration, items, self._json_estimate))
-        except (TypeError, ValueError, OverflowError, RecursionError):
-            batches, failed = self._seal_one_by_one(dest.integration, items)
+        batch = seal(dest.integration, items)
         took = time.monotonic() - started
         with self._lock:
             self._encode_time += (took - self._encode_time) * 0.25
             del self._ledger.sealing[token]
             dest.sealing -= 1
             self._sealing_events -= len(items)
-            self._forget_objects(items)
-            self._encoded_bytes -= memory_of_encoded
-            events = sum(batch.count for batch in batches)
-            if events:
-                size = sum(len(batch.body) for batch in batches) // events
-                self._json_estimate += (size - self._json_estimate) // 8
-            if failed:
-                self._log("error", f"ODP: {len(failed)} events could not be encoded and are dropped.")
-                self._give_up(len(failed), DiscardReason.INTERNAL_ERROR, spool_ids(failed), 0)
-            for batch in batches:
-                self._encoded_bytes += batch.memory
+            self._encoded_bytes += batch.memory - waiting_memory(items)
+            self._json_estimate += (len(batch.body) // batch.count - self._json_estimate) // 8
+            self._cut_events = self._cut_size()
             if self._finished:
-                self._abandon_late(batches)
+                self._abandon_late([batch])
             else:
                 current = self._current
                 if dest.unauthorized and current is not None and current != dest.integration:
-                    self._ledger.move(current, dest, batches, self._log)
+                    self._ledger.move(current, dest, [batch], self._log)
                 else:
-                    dest.ready.extend(batches)
+                    dest.ready.append(batch)
             output = self._take_output()
         self._emit(output)
-
-    def _fit(self, batch: Batch) -> list[Batch]:
-        """Split a batch until each part fits ``max_batch_bytes`` (rare: sizes are estimated)."""
-        if len(batch.body) <= self.settings.max_batch_bytes or batch.count <= 1:
-            return [batch]
-        first, second = batch.split()
-        return self._fit(first) + self._fit(second)
-
-    def _seal_one_by_one(self, integration: OdpIntegration,
-                         items: list[Waiting]) -> tuple[list[Batch], list[Waiting]]:
-        """Encode events one at a time, so only those that cannot be encoded are lost."""
-        good: list[Waiting] = []
-        failed: list[Waiting] = []
-        for item in items:
-            try:
-                good.append(item if isinstance(item, Encoded) else Encoded(
-                    item[0], item[1], encoding.encode(to_wire(item)), 0))
-            except (TypeError, ValueError, OverflowError, RecursionError):
-                failed.append(item)
-        batches = self._fit(seal(integration, good, self._json_estimate)) if good else []
-        for batch in batches:  # they were objects: not in any spool
-            if batch.spool_ids is not None and not any(batch.spool_ids):
-                batch.spool_ids = None
-        return batches, failed
 
     def _send_batch(self, batch: Batch) -> None:
         """One POST (no lock), then its outcome."""

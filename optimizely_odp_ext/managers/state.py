@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 from optimizely_odp_ext import notifications
 from optimizely_odp_ext.integration import OdpIntegration
 from optimizely_odp_ext.logs import LogRateLimiter
-from optimizely_odp_ext.managers.batching import OBJECT_OVERHEAD, Batch, Destination, Encoded, Waiting
+from optimizely_odp_ext.managers.batching import SPOOL_ID, Batch, Destination, Waiting, waiting_memory
 from optimizely_odp_ext.managers.ledger import DeliveryLedger
 from optimizely_odp_ext.result import DiscardReason
 from optimizely_odp_ext.settings import ManagerSettings
@@ -26,8 +26,6 @@ from optimizely_odp_ext.transport import Transport
 if TYPE_CHECKING:
     from optimizely_odp_ext.managers.spool_link import SpoolLink
 
-ENCODED_OVERHEAD = 120
-"""Bytes an already encoded event waiting for its batch takes beyond its JSON."""
 RECOVERED_SEQ = -1
 """The acceptance order given to events read back from a spool: older than any of this run."""
 
@@ -59,23 +57,19 @@ class ManagerState:
         self._done = threading.Condition(self._lock)
         """Notified whenever events are resolved (delivered or given up), for flush()."""
         self._next_seq = 0
-        """The acceptance order of the next event."""
+        """The acceptance order of the next event: how many were accepted."""
         self._route: tuple[OdpIntegration | None, Destination | None] = (None, None)
         """The last integration an event went to and its destination (most events share one)."""
-        self._accepted = 0
         self._recovered = 0
         self._held = 0
         """Events accepted or recovered and not resolved yet, wherever they are (in flight too)."""
-        self._unencoded_bytes = 0
-        """What the events still held as the caller's objects counted against max_queue_bytes
-        when they were accepted."""
-        self._unencoded_count = 0
         self._encoded_bytes = 0
-        """Memory of the rest (encoded events and batches), as counted against max_queue_bytes."""
+        """What the events held count against max_queue_bytes (waiting, and in batches)."""
         self._json_estimate = 300
-        """Mean JSON size of an event lately (batches encoded, and a sample of events sent)."""
-        self._sampled = 0
-        self._unbound: list[Encoded] = []
+        """Mean JSON size of an event lately (of the batches cut)."""
+        self._cut_events = self._cut_size()
+        """:meth:`_cut_size` at today's estimate: the waiting events that make a full batch."""
+        self._unbound: list[Waiting] = []
         """Events read back from a spool whose destination was not known when they were parked."""
         self._ledger = DeliveryLedger(s)
         self._logs: list[tuple[str, str, str]] = []
@@ -130,18 +124,7 @@ class ManagerState:
 
     # -- memory and room -------------------------------------------------------------------------
     def _memory(self) -> int:
-        return self._objects_memory() + self._encoded_bytes
-
-    def _objects_memory(self) -> int:
-        """What the events not encoded yet count against max_queue_bytes: each as counted when
-        accepted, or all at today's mean size if that is more (a burst of larger events shows in
-        the mean, through a sampled event, before its earlier events are encoded)."""
-        return max(self._unencoded_bytes, self._unencoded_count * (self._json_estimate + OBJECT_OVERHEAD))
-
-    def _forget_objects(self, items: Sequence[Waiting]) -> None:
-        """Events not encoded yet leave (encoded, stored or dropped): their memory is released."""
-        self._unencoded_count -= sum(1 for item in items if type(item) is tuple)
-        self._unencoded_bytes -= object_memory(items)
+        return self._encoded_bytes
 
     def _room(self) -> int:
         return max(0, self.settings.max_queue_events - self._held)
@@ -156,7 +139,8 @@ class ManagerState:
         return dest
 
     def _cut_size(self) -> int:
-        """Events per batch: ``batch_size``, fewer when events are large (``max_batch_bytes``)."""
+        """Events per batch at today's mean size: ``batch_size``, fewer when events are large
+        (``max_batch_bytes``). An estimate, for waking a worker: each batch is cut to fit."""
         s = self.settings
         return max(1, min(s.batch_size, s.max_batch_bytes * 4 // (5 * max(1, self._json_estimate))))
 
@@ -175,7 +159,7 @@ class ManagerState:
                 self._ledger.destination(destination).put_back_first(items)
             elif self._integration_known:  # parked before a datafile, and ODP is not integrated
                 placed -= len(items)
-                self._give_up(len(items), DiscardReason.ODP_NOT_INTEGRATED, [i.spool_id for i in items], memory)
+                self._give_up(len(items), DiscardReason.ODP_NOT_INTEGRATED, [i[SPOOL_ID] for i in items], memory)
             else:
                 self._unbound += items
         return placed
@@ -222,21 +206,17 @@ class ManagerState:
         dropped = 0
         kept: list[SpoolId] = []
         for dest in self._ledger.destinations.values():
-            self._forget_objects(dest.waiting)
+            self._encoded_bytes -= waiting_memory(dest.waiting)
             for item in dest.waiting:
-                if not isinstance(item, Encoded):
-                    dropped += 1
+                if item[SPOOL_ID]:
+                    kept.append(item[SPOOL_ID])
                 else:
-                    self._encoded_bytes -= len(item.body) + ENCODED_OVERHEAD
-                    if item.spool_id:
-                        kept.append(item.spool_id)
-                    else:
-                        dropped += 1
+                    dropped += 1
             dest.waiting = []
         self._ledger.drop(dropped, DiscardReason.SHUTDOWN)
         self._held -= dropped
         more_dropped, more_kept = self._abandon(self._ledger.take_all())
-        return dropped + more_dropped, kept + more_kept + [item.spool_id for item in self._unbound]
+        return dropped + more_dropped, kept + more_kept + [item[SPOOL_ID] for item in self._unbound]
 
     # -- log lines and notifications -------------------------------------------------------------
     def _log(self, level: str, message: str, key: str = "") -> None:
@@ -279,15 +259,10 @@ class ManagerState:
 
 
 def spool_ids(items: Sequence[Waiting]) -> list[SpoolId]:
-    return [item.spool_id for item in items if isinstance(item, Encoded) and item.spool_id]
+    return [item[SPOOL_ID] for item in items if item[SPOOL_ID]]
 
 
-def object_memory(items: Sequence[Waiting]) -> int:
-    """What the events among ``items`` not encoded yet count against ``max_queue_bytes``."""
-    return sum(item[6] for item in items if type(item) is tuple)
-
-
-ClaimedGroups = list[tuple[Optional[OdpIntegration], list[Encoded], int]]
+ClaimedGroups = list[tuple[Optional[OdpIntegration], list[Waiting], int]]
 """Events read from a spool, by destination (None: parked before a datafile said where), with
 what they count against ``max_queue_bytes``."""
 
@@ -296,17 +271,12 @@ def group_claimed(claimed: Sequence[SpooledEvent]) -> ClaimedGroups:
     """Events read from a spool, as :meth:`ManagerState._place` queues them: built without the
     manager's lock (an application thread may want it), one destination object per host and key."""
     now_wall, now = time.time(), time.monotonic()
-    groups: dict[tuple[str, str], list[Encoded]] = {}
+    groups: dict[tuple[str, str], list[Waiting]] = {}
     for row in claimed:
-        item = Encoded(RECOVERED_SEQ, now - max(0.0, now_wall - row.accepted_at), row.body, row.id)
+        item = (RECOVERED_SEQ, now - max(0.0, now_wall - row.accepted_at), row.body, row.id)
         groups.setdefault((row.host, row.api_key), []).append(item)
-    return [(OdpIntegration(host, key) if host else None, items, encoded_memory(items))
+    return [(OdpIntegration(host, key) if host else None, items, waiting_memory(items))
             for (host, key), items in groups.items()]
-
-
-def encoded_memory(items: Sequence[Waiting]) -> int:
-    """What the already encoded events among ``items`` count against ``max_queue_bytes``."""
-    return sum(len(item.body) + ENCODED_OVERHEAD for item in items if isinstance(item, Encoded))
 
 
 def seq_of(item: Waiting) -> int:

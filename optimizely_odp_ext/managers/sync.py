@@ -43,7 +43,7 @@ from optimizely_odp_ext.integration import OdpIntegration
 from optimizely_odp_ext.logs import LogRateLimiter
 from optimizely_odp_ext.managers import lifecycle
 from optimizely_odp_ext.managers.base import DEFAULT_FLUSH_TIMEOUT, EventManager
-from optimizely_odp_ext.managers.batching import Batch, Destination, Encoded, Waiting, seal
+from optimizely_odp_ext.managers.batching import WAITING_OVERHEAD, Batch, Destination, seal, waiting_memory
 from optimizely_odp_ext.managers.ledger import DeliveryLedger, Fate
 from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
 from optimizely_odp_ext.settings import SETTINGS_BY_NAME, ManagerSettings, SettingError, seconds
@@ -51,8 +51,6 @@ from optimizely_odp_ext.transport import OutcomeKind, Transport
 
 Mode = Literal["batch", "per_call"]
 MODES: tuple[str, ...] = ("batch", "per_call")
-ENCODED_OVERHEAD = 120
-"""Bytes a buffered event takes beyond its JSON, for ``max_queue_bytes``."""
 MIN_REQUEST_TIMEOUT = 0.05
 """A request is not started with less time left than this."""
 UNUSED_SETTINGS = ("flush_interval", "max_in_flight", "max_event_age", "spool_path", "spool_url",
@@ -140,9 +138,9 @@ class SyncEventManager(EventManager):
             return SendResult.discarded(DiscardReason.ODP_NOT_INTEGRATED, "ODP event has no integration.")
         try:
             body = encoding.encode(event.to_dict())
-        except (TypeError, ValueError, OverflowError) as error:  # validated before: only a bug gets here
+        except (TypeError, ValueError, OverflowError, RecursionError) as error:  # validated: only a bug gets here
             return SendResult.discarded(DiscardReason.INVALID_DATA, f"ODP event cannot be encoded: {error}")
-        size = len(body) + ENCODED_OVERHEAD
+        size = len(body) + WAITING_OVERHEAD
         s = self.settings
         batch: Batch | None = None
         with self._lock:  # close() sets _closed under this lock: an event buffered here is its to deliver
@@ -155,7 +153,7 @@ class SyncEventManager(EventManager):
             self._held += 1
             self._held_bytes += size
             dest = self._ledger.destination(integration)
-            dest.waiting.append(Encoded(self._accepted, event.accepted_at, body, 0))
+            dest.waiting.append((self._accepted, event.accepted_at, body, 0))
             self._accepted += 1
             if self.mode == "per_call":
                 self._cut(dest)
@@ -190,7 +188,7 @@ class SyncEventManager(EventManager):
             left = 0
             for dest in self._ledger.destinations.values():
                 left += len(dest.waiting)
-                self._held_bytes -= sum(len(_body(item)) + ENCODED_OVERHEAD for item in dest.waiting)
+                self._held_bytes -= waiting_memory(dest.waiting)
                 dest.waiting = []
             for batch in self._ledger.take_all():
                 left += batch.count
@@ -233,13 +231,7 @@ class SyncEventManager(EventManager):
         already, so this only joins bytes)."""
         s = self.settings
         while dest.waiting:
-            size, count = 2, 0
-            for item in dest.waiting:
-                size += len(_body(item)) + 2
-                if count and (count >= s.batch_size or size > s.max_batch_bytes):
-                    break
-                count += 1
-            dest.ready.append(seal(dest.integration, dest.take_waiting(count), 0))
+            dest.ready.append(seal(dest.integration, dest.take_batch(s.batch_size, s.max_batch_bytes)))
 
     def _flush(self, deadline: float, final: bool) -> bool:
         with self._lock:
@@ -326,16 +318,10 @@ class SyncEventManager(EventManager):
         self._reset()
 
 
-def _body(item: Waiting) -> bytes:
-    """A buffered event's bytes (this manager buffers every event encoded)."""
-    assert isinstance(item, Encoded)
-    return item.body
-
-
 def _buffered_bytes(batch: Batch) -> int:
     """What the events of ``batch`` counted against ``max_queue_bytes`` when buffered: a joined
     body is ``[`` + the events joined by ``, `` + ``]``."""
-    return len(batch.body) - 2 * batch.count + ENCODED_OVERHEAD * batch.count
+    return len(batch.body) - 2 * batch.count + WAITING_OVERHEAD * batch.count
 
 
 def _closed() -> SendResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import threading
 import time
 from pathlib import Path
@@ -15,6 +16,7 @@ from optimizely_odp_ext import BatchEventManager, SyncEventManager, encoding
 from optimizely_odp_ext.event import build_event
 from optimizely_odp_ext.integration import OdpIntegration
 from optimizely_odp_ext.managers import batch as batch_module
+from optimizely_odp_ext.managers.batching import WAITING_OVERHEAD
 from optimizely_odp_ext.managers.lifecycle import NullLogger
 from optimizely_odp_ext.result import DiscardReason
 from optimizely_odp_ext.spool import SqliteSpool
@@ -50,22 +52,22 @@ def test_sync_flush_and_close_are_bounded_by_their_timeout_not_the_request_timeo
     assert time.monotonic() - began < 4.0, "close() kept to close_timeout, not request_timeout"
 
 
-def test_a_queue_full_refusal_does_not_wait_while_a_worker_encodes(
+def test_a_queue_full_refusal_does_not_wait_while_a_worker_cuts_a_batch(
         monkeypatch: pytest.MonkeyPatch, collector: OdpCollector) -> None:
     entered, release = threading.Event(), threading.Event()
-    real_encode_list = encoding.encode_list
+    real_join = encoding.join
 
-    def slow_encode_list(values: Any, size_hint: int, convert: Any = None) -> bytes:
+    def slow_join(bodies: Any) -> bytes:
         entered.set()
         release.wait(30)
-        return real_encode_list(values, size_hint, convert)
+        return real_join(bodies)
 
-    monkeypatch.setattr(encoding, "encode_list", slow_encode_list)
+    monkeypatch.setattr(encoding, "join", slow_join)
     integration = OdpIntegration(collector.url, API_KEY)
     manager = started(BatchEventManager(max_queue_events=10, batch_size=10, flush_interval=3600), integration)
     try:
         assert all(manager.send(event(i, integration)) for i in range(10))
-        assert entered.wait(10), "a worker is encoding the full batch"
+        assert entered.wait(10), "a worker is joining the full batch"
         answers: list[Any] = []
         caller = threading.Thread(target=lambda: answers.append(manager.send(event(99, integration))))
         caller.start()
@@ -172,9 +174,24 @@ def test_a_burst_of_large_events_after_small_ones_stays_within_max_queue_bytes(c
     large.integration = integration
     accepted = sum(1 for _ in range(2_000) if manager.send(large))
     assert all(small) and 0 < accepted < 2_000
-    manager.flush(0.5)  # cuts and encodes every waiting event (nothing can be delivered)
-    assert manager.stats()["queued_bytes"] <= cap * 1.1, "counted as what they take once encoded"
+    assert manager.stats()["queued_bytes"] <= cap, "each event is counted at its own encoded size"
+    manager.flush(0.5)  # cuts every waiting event into batches (nothing can be delivered)
+    assert manager.stats()["queued_bytes"] <= cap
     manager.close(0)
+
+
+def test_queued_bytes_is_each_waiting_events_json_and_a_fixed_overhead(collector: OdpCollector) -> None:
+    integration = OdpIntegration(collector.url, API_KEY)
+    manager = started(BatchEventManager(flush_interval=3600, max_queue_events=10**6), integration)
+    for i in range(50):
+        built = build_event("size", {"fs_user_id": f"u{i}"}, data={"text": "é" * i, "n": i, "x": i / 3})
+        built.integration = integration
+        assert manager.send(built)
+    queued_bytes = manager.stats()["queued_bytes"]
+    assert manager.flush(10) and collector.wait_for_events(50)
+    sent = sum(len(json.dumps(e)) for e in collector.events)  # each event's bytes, as sent
+    assert queued_bytes == sent + 50 * WAITING_OVERHEAD
+    manager.close()
 
 
 def test_a_full_garbage_collection_does_not_walk_the_waiting_events(collector: OdpCollector) -> None:
@@ -190,8 +207,10 @@ def test_a_full_garbage_collection_does_not_walk_the_waiting_events(collector: O
         assert manager.send(built)
     assert manager.stats()["queued"] == 300, "nothing was cut into a batch yet"
     gc.collect()
-    walked = [obj for obj in gc.get_objects() if type(obj) is tuple and "gc-check" in obj]
-    assert walked == [], f"{len(walked)} waiting events are still tracked by the garbage collector"
+    waiting = [item for dest in manager._ledger.destinations.values() for item in dest.waiting]
+    assert len(waiting) == 300
+    tracked = [item for item in waiting if gc.is_tracked(item)]
+    assert tracked == [], f"{len(tracked)} waiting events are still tracked by the garbage collector"
     assert manager.flush(10) and collector.wait_for_events(300)
     received = {str(e["identifiers"]["fs_user_id"]): e for e in collector.events}
     assert received["u1"]["identifiers"] == {"fs_user_id": "u1", "email": "u1@example.com"}
