@@ -2,8 +2,8 @@
 
 Building validates and copies the caller's input, so the caller's dicts are never
 mutated and later changes to them do not reach the event. It runs on the caller's
-thread and is kept small; default data and the JSON encoding are added later, on
-the sender's side (:meth:`OdpEvent.to_json`).
+thread and is kept small; default data and the JSON encoding are added by the event
+manager (:func:`wire_dict`; the default one encodes on the caller's thread too).
 
 The fidelity rule: what optimizely-sdk 5.x accepts and sends, this accepts and encodes
 to the same bytes (apart from the idempotence id). Refused, each with its reason, is

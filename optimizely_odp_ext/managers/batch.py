@@ -125,10 +125,10 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
         with self._lock:
             if self._closed:
                 return _closed_result()
-            if self._held >= s.max_queue_events or self._encoded_bytes + size > s.max_queue_bytes:
+            if self._held >= s.max_queue_events or self._queued_bytes + size > s.max_queue_bytes:
                 return _queue_full_result(s)
             self._held += 1
-            self._encoded_bytes += size
+            self._queued_bytes += size
             seq = self._next_seq
             self._next_seq = seq + 1
             if self._fleet:
@@ -155,7 +155,7 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
             if self._held >= s.max_queue_events or self._memory() + size > s.max_queue_bytes:
                 return _queue_full_result(s)
             self._held += 1
-            self._encoded_bytes += size
+            self._queued_bytes += size
             seq = self._next_seq
             self._next_seq = seq + 1
             self._storing += 1
@@ -328,7 +328,7 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
             claimed = [item for item in dest.waiting if item[SPOOL_ID]]
             if claimed:
                 late += [item[SPOOL_ID] for item in claimed]
-                self._encoded_bytes -= waiting_memory(claimed)
+                self._queued_bytes -= waiting_memory(claimed)
                 dest.waiting = [item for item in dest.waiting if not item[SPOOL_ID]]
         return late
 
@@ -455,9 +455,9 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
 
     def _more_hands(self) -> None:
         """A worker took a job: when work is left, nobody is free, and requests wait on ODP long
-        enough that another worker would encode meanwhile, start one (lock held). Up to
-        ``max_in_flight + 1`` workers: one can encode ahead while ``max_in_flight`` wait. A
-        worker's own work per batch (encoding; in a fleet also appending and claiming, in the
+        enough that another worker would cut batches meanwhile, start one (lock held). Up to
+        ``max_in_flight + 1`` workers: one can cut ahead while ``max_in_flight`` wait. A
+        worker's own work per batch (joining it; in a fleet also appending and claiming, in the
         Redis client) must be well under the wait: otherwise more workers only take turns at
         the GIL, and application threads wait for the lock behind them."""
         waiting = self._request_time

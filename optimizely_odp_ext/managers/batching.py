@@ -120,7 +120,7 @@ class Destination:
         self.ready: deque[Batch] = deque()
         """Batches to send as they are: new ones, retries, the halves of a refused batch."""
         self.sealing = 0
-        """Batches being encoded right now (their events are in none of the lists above)."""
+        """Batches being cut right now (their events are in none of the lists above)."""
         self.in_flight = 0
         self.failures = 0
         """Consecutive failed attempts; while > 0 only one request at a time probes the server."""

@@ -152,7 +152,7 @@ class FleetJobs(ManagerState):
                 self._store_not_before = time.monotonic() + (min(wait, 0.2) if self._flushing else wait)
             else:
                 self._store_failures = 0
-                self._encoded_bytes -= waiting_memory([item for _, item in items])
+                self._queued_bytes -= waiting_memory([item for _, item in items])
                 self._held -= len(items)
                 self._spooled += len(items)
                 if ids:
@@ -266,7 +266,7 @@ class FleetJobs(ManagerState):
             self._to_store = []
             self._held -= len(kept) + len(unstored)
             self._released += len(kept)
-            self._encoded_bytes -= waiting_memory([item for _, item in unstored])
+            self._queued_bytes -= waiting_memory([item for _, item in unstored])
             self._ledger.drop(len(unstored), DiscardReason.SHUTDOWN)
         return len(unstored)
 

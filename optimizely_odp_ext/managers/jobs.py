@@ -40,7 +40,7 @@ class DeliveryJobs(ManagerState):
             del self._ledger.sealing[token]
             dest.sealing -= 1
             self._sealing_events -= len(items)
-            self._encoded_bytes += batch.memory - waiting_memory(items)
+            self._queued_bytes += batch.memory - waiting_memory(items)
             self._json_estimate += (len(batch.body) // batch.count - self._json_estimate) // 8
             self._cut_events = self._cut_size()
             if self._finished:
@@ -78,12 +78,12 @@ class DeliveryJobs(ManagerState):
         """This manager's part of an outcome (lock held): memory, spool and the retry warning."""
         if done.resolved:
             self._held -= batch.count
-            self._encoded_bytes -= batch.memory
+            self._queued_bytes -= batch.memory
             self._done.notify_all()
         elif done.fate is Fate.ABANDONED:
             self._abandon_late([batch])
         elif done.fate is Fate.SPLIT and halves is not None:
-            self._encoded_bytes += halves[0].memory + halves[1].memory - batch.memory
+            self._queued_bytes += halves[0].memory + halves[1].memory - batch.memory
         elif done.fate is Fate.MOVE and self._current is not None:
             self._ledger.move(self._current, done.dest, [batch], self._log)
         elif done.fate is Fate.RETRY:

@@ -72,7 +72,7 @@ class DeliveryLedger:
         self.in_flight: dict[int, Batch] = {}
         self.in_flight_events = 0
         self.sealing: dict[int, int] = {}
-        """Batches being encoded: a token -> the acceptance order of their first event."""
+        """Batches being cut (joined): a token -> the acceptance order of their first event."""
         self.counts: Counter[str] = Counter()
         """``requests``, ``batches_sent``, ``delivered`` and ``retries``."""
         self.dropped: Counter[str] = Counter()
@@ -229,7 +229,7 @@ class DeliveryLedger:
             dest.not_before = max(min(dest.not_before, now), dest.server_wait_until)
 
     def oldest_unresolved(self) -> int | None:
-        """The lowest acceptance order still waiting, being encoded or in flight (None: nothing is)."""
+        """The lowest acceptance order still waiting, being cut or in flight (None: nothing is)."""
         seqs = [batch.min_seq for batch in self.in_flight.values()]
         seqs += self.sealing.values()
         seqs += [s for s in (d.min_seq() for d in self.destinations.values()) if s is not None]

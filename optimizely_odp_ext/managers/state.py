@@ -63,7 +63,7 @@ class ManagerState:
         self._recovered = 0
         self._held = 0
         """Events accepted or recovered and not resolved yet, wherever they are (in flight too)."""
-        self._encoded_bytes = 0
+        self._queued_bytes = 0
         """What the events held count against max_queue_bytes (waiting, and in batches)."""
         self._json_estimate = 300
         """Mean JSON size of an event lately (of the batches cut)."""
@@ -84,10 +84,10 @@ class ManagerState:
         self._request_time = 0.0
         """Mean duration of a request lately: more workers only help when requests are slow."""
         self._encode_time = 0.0
-        """Mean time encoding a batch took lately."""
+        """Mean time cutting (joining) a batch took lately."""
         self._fleet_work = 0.0
         """In a fleet: mean time appending or claiming took lately, per event (a worker's own
-        work besides encoding, which more workers would do at the same time)."""
+        work besides cutting batches, which more workers would do at the same time)."""
         self._flushing = 0
         self._stopping = False
         self._finished = False
@@ -124,7 +124,7 @@ class ManagerState:
 
     # -- memory and room -------------------------------------------------------------------------
     def _memory(self) -> int:
-        return self._encoded_bytes
+        return self._queued_bytes
 
     def _room(self) -> int:
         return max(0, self.settings.max_queue_events - self._held)
@@ -153,7 +153,7 @@ class ManagerState:
         for destination, items, memory in claimed:
             destination = destination or self._current
             self._held += len(items)
-            self._encoded_bytes += memory
+            self._queued_bytes += memory
             placed += len(items)
             if destination is not None:
                 self._ledger.destination(destination).put_back_first(items)
@@ -172,7 +172,7 @@ class ManagerState:
             return
         self._ledger.drop(count, reason, host)
         self._held -= count
-        self._encoded_bytes -= memory
+        self._queued_bytes -= memory
         self._pending_acks.extend(i for i in spool_ids if i)
         self._done.notify_all()
 
@@ -187,13 +187,13 @@ class ManagerState:
             kept += in_spool
             dropped += batch.count - len(in_spool)
             self._ledger.drop(batch.count - len(in_spool), DiscardReason.SHUTDOWN, batch.destination.host)
-            self._encoded_bytes -= batch.memory
+            self._queued_bytes -= batch.memory
         self._held -= dropped
         self._done.notify_all()
         return dropped, kept
 
     def _abandon_late(self, batches: list[Batch]) -> None:
-        """Batches that come back (encoded, or from their request) after close gave up: as
+        """Batches that come back (cut, or from their request) after close gave up: as
         :meth:`_abandon`; a shared spool's close already handed their events back to the fleet."""
         _, kept = self._abandon(batches)
         if self._link is not None and self._link.shared:
@@ -201,12 +201,12 @@ class ManagerState:
             self._released += len(kept)
 
     def _abandon_everything(self) -> tuple[int, list[SpoolId]]:
-        """At close, after the flush: everything not in flight or being encoded. Returns how many
+        """At close, after the flush: everything not in flight or being cut. Returns how many
         were dropped (``shutdown``) and the spool ids of those a spool keeps."""
         dropped = 0
         kept: list[SpoolId] = []
         for dest in self._ledger.destinations.values():
-            self._encoded_bytes -= waiting_memory(dest.waiting)
+            self._queued_bytes -= waiting_memory(dest.waiting)
             for item in dest.waiting:
                 if item[SPOOL_ID]:
                     kept.append(item[SPOOL_ID])
