@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # imported when a spool is configured: a manager without one 
     from optimizely_odp_ext.managers.spool_link import SpoolLink
     from optimizely_odp_ext.spool.opening import SpoolProblem
 
-SPAWN_LATENCY = 0.005
+SPAWN_LATENCY = 0.015
 """Seconds a request must take, on average, before a second worker is worth its GIL contention
 (and, with ``n`` workers, at least ``2 n`` times a worker's own work per batch)."""
 CLAIM_CHUNK = 5000

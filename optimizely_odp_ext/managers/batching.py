@@ -1,13 +1,12 @@
 """Where accepted events wait, per destination, and how they become batches.
 
 Pure data structures, no threads and no I/O: the event managers drive them, through their
-:class:`~optimizely_odp_ext.managers.ledger.DeliveryLedger`, under their lock. Joining a batch
-(:func:`seal`) copies its bytes, and runs without the lock.
+:class:`~optimizely_odp_ext.managers.ledger.DeliveryLedger`, under their lock.
 
 An event is encoded when it is accepted, on the caller's thread, and waits at its destination as
-its JSON bytes until its batch is cut; a batch is those bytes joined into one body. Memory is then
-close to the bytes sent, and a retried batch is sent byte for byte (same idempotence ids) every
-time.
+its JSON bytes until its batch is cut; a batch keeps those bytes, joined into one body only while
+its request is sent. Memory is then close to the bytes sent (one copy of each event, however long
+it waits), and a retried batch is sent byte for byte (same idempotence ids) every time.
 """
 
 from __future__ import annotations
@@ -22,9 +21,10 @@ from optimizely_odp_ext.integration import OdpIntegration
 from optimizely_odp_ext.spool.base import SpoolId
 
 BATCH_OVERHEAD = 256
-"""Bytes a batch takes beyond its body (the objects that hold it), for ``max_queue_bytes``."""
-SPOOL_ID_OVERHEAD = 40
-"""Bytes one spool id takes in memory (a list slot and an int)."""
+"""Bytes a batch takes beyond its events' bytes (the objects that hold it), for ``max_queue_bytes``."""
+PART_OVERHEAD = 96
+"""Bytes each event of a batch takes beyond its JSON: its bytes object's header and list slot (and
+its spool id), for ``max_queue_bytes`` (measured by ``benchmarks/object_overhead.py``)."""
 WAITING_OVERHEAD = 200
 """Bytes an event waiting for its batch takes beyond its JSON, for ``max_queue_bytes``: its
 tuple, its order and time, the bytes object's header and the list slot (measured with
@@ -57,15 +57,20 @@ _batch_ids = itertools.count(1)
 
 
 class Batch:
-    """Events that travel in one request, to one destination, as one encoded body."""
+    """Events that travel in one request, to one destination: their bytes, joined into the
+    request's body only when it is sent (:meth:`body`), so a batch waiting for a retry holds
+    one copy of its events and a refused one splits without encoding anything again."""
 
-    __slots__ = ("attempts", "body", "count", "destination", "id", "min_seq", "oldest", "spool_ids")
+    __slots__ = ("attempts", "count", "destination", "id", "min_seq", "oldest", "parts", "size", "spool_ids")
 
-    def __init__(self, destination: OdpIntegration, body: bytes, count: int, min_seq: int, oldest: float,
+    def __init__(self, destination: OdpIntegration, parts: list[bytes], min_seq: int, oldest: float,
                  spool_ids: list[SpoolId] | None = None, attempts: int = 0) -> None:
         self.destination = destination
-        self.body = body
-        self.count = count
+        self.parts = parts
+        """Each event's JSON, in acceptance order."""
+        self.count = len(parts)
+        self.size = sum(map(len, parts)) + 2 * len(parts)
+        """The length of :meth:`body`."""
         self.min_seq = min_seq
         """The acceptance order of its first event, for flush()."""
         self.oldest = oldest
@@ -75,23 +80,27 @@ class Batch:
         self.attempts = attempts
         self.id = next(_batch_ids)
 
+    def body(self) -> bytes:
+        """The request body: ``json.dumps`` of the list of events, as the official client sends it
+        (a new copy each call: a request holds it only while it is sent)."""
+        return encoding.join(self.parts)
+
     @property
     def memory(self) -> int:
         """What it counts against ``max_queue_bytes``."""
-        return len(self.body) + BATCH_OVERHEAD + SPOOL_ID_OVERHEAD * len(self.spool_ids or ())
+        return self.size + BATCH_OVERHEAD + PART_OVERHEAD * self.count
 
     def split(self) -> tuple[Batch, Batch]:
-        """Two halves, each event with the bytes it had (decoded and encoded again).
+        """Two halves, each event with the bytes it had.
 
         Both halves keep this batch's ``min_seq``: flush() may then wait for a few events
         accepted after it, never miss one accepted before.
         """
-        parts = encoding.split(self.body)
-        half = len(parts) // 2
+        half = self.count // 2
         ids = self.spool_ids
-        return (Batch(self.destination, encoding.join(parts[:half]), half, self.min_seq, self.oldest,
+        return (Batch(self.destination, self.parts[:half], self.min_seq, self.oldest,
                       None if ids is None else ids[:half], self.attempts),
-                Batch(self.destination, encoding.join(parts[half:]), len(parts) - half, self.min_seq, self.oldest,
+                Batch(self.destination, self.parts[half:], self.min_seq, self.oldest,
                       None if ids is None else ids[half:], self.attempts))
 
     def __repr__(self) -> str:
@@ -99,10 +108,9 @@ class Batch:
 
 
 def seal(destination: OdpIntegration, items: Sequence[Waiting]) -> Batch:
-    """Join waiting events (in acceptance order) into one batch. It copies their bytes, so it
-    runs without the lock."""
+    """The batch of waiting events (in acceptance order)."""
     spool_ids = [item[SPOOL_ID] for item in items]
-    return Batch(destination, encoding.join([item[BODY] for item in items]), len(items), items[0][SEQ],
+    return Batch(destination, [item[BODY] for item in items], items[0][SEQ],
                  min(item[ACCEPTED_AT] for item in items), spool_ids if any(spool_ids) else None)
 
 

@@ -41,7 +41,7 @@ class DeliveryJobs(ManagerState):
             dest.sealing -= 1
             self._sealing_events -= len(items)
             self._queued_bytes += batch.memory - waiting_memory(items)
-            self._json_estimate += (len(batch.body) // batch.count - self._json_estimate) // 8
+            self._json_estimate += (batch.size // batch.count - self._json_estimate) // 8
             self._cut_events = self._cut_size()
             if self._finished:
                 self._abandon_late([batch])
@@ -58,7 +58,7 @@ class DeliveryJobs(ManagerState):
         """One POST (no lock), then its outcome."""
         batch.attempts += 1
         started = time.monotonic()
-        outcome = self._transport.send(batch.destination, batch.body)
+        outcome = self._transport.send(batch.destination, batch.body())
         took = time.monotonic() - started
         halves = None
         if outcome.kind is OutcomeKind.REJECTED and batch.count > 1 and not self._finished:

@@ -274,7 +274,7 @@ class SyncEventManager(EventManager):
         """One POST of at most ``timeout`` seconds, without the lock; then record its outcome
         and notify listeners."""
         batch.attempts += 1
-        outcome = self._transport.send(batch.destination, batch.body, timeout=max(MIN_REQUEST_TIMEOUT, timeout))
+        outcome = self._transport.send(batch.destination, batch.body(), timeout=max(MIN_REQUEST_TIMEOUT, timeout))
         halves = batch.split() if outcome.kind is OutcomeKind.REJECTED and batch.count > 1 else None
         with self._lock:
             done = self._ledger.complete(batch, outcome, self._log, keep=not self._finished,
@@ -319,9 +319,9 @@ class SyncEventManager(EventManager):
 
 
 def _buffered_bytes(batch: Batch) -> int:
-    """What the events of ``batch`` counted against ``max_queue_bytes`` when buffered: a joined
-    body is ``[`` + the events joined by ``, `` + ``]``."""
-    return len(batch.body) - 2 * batch.count + WAITING_OVERHEAD * batch.count
+    """What the events of ``batch`` counted against ``max_queue_bytes`` when buffered (its size
+    counts 2 bytes of punctuation per event besides their JSON)."""
+    return batch.size - 2 * batch.count + WAITING_OVERHEAD * batch.count
 
 
 def _closed() -> SendResult:
