@@ -86,7 +86,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_in_flight", int, 4, "Requests sent at the same time.", 1, 64),
     Setting("max_queue_events", int, 250_000, "Events held in memory, waiting or retried; beyond it new "
             "events are refused with queueFull.", 1),
-    Setting("max_queue_bytes", int, 128 * MiB, "Bytes of memory the held events take (estimated); beyond "
+    Setting("max_queue_bytes", int, 128 * MiB, "Bytes of memory the held events take (counted, see README); beyond "
             "it new events are refused with queueFull.", 1024),
     Setting("request_timeout", float, 10.0, "Seconds to wait for ODP to answer one request.", 0.01, 600),
     Setting("retry_initial_backoff", float, 0.5, "Seconds before the first retry (doubling, with jitter).",
