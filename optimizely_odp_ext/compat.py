@@ -10,8 +10,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from optimizely import version as _sdk_version
 
@@ -77,8 +76,7 @@ def integration_of(project_config: Any) -> OdpIntegration | None:
     return integration_entry_of(project_config).integration
 
 
-@dataclass(frozen=True)
-class SdkOdpSettings:
+class SdkOdpSettings(NamedTuple):
     """The ODP fields of the caller's ``OptimizelySdkSettings`` (5.x), as the official client
     reads them; all unset on 4.1 or when ``settings`` is not an ``OptimizelySdkSettings``."""
 

@@ -41,7 +41,8 @@ _ALIAS_LENGTH = len(USER_ID_KEY)
 _SAFE_INT_BITS = 2_000
 """Integers up to this many bits print in fewer than 640 digits, the lowest limit Python
 allows for ``sys.set_int_max_str_digits``; only longer ones are checked precisely."""
-_LONE_SURROGATE = re.compile("[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]")
+_LONE_SURROGATE = "[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]"
+"""A surrogate not paired as UTF-16; compiled on first use (by ``re``'s cache), not at import."""
 
 INVALID_ACTION_EMPTY = "ODP action is not valid (cannot be empty)."
 """optimizely-sdk 5.x's wording, kept as the start of our lines."""
@@ -298,7 +299,7 @@ def _has_lone_surrogate(text: str) -> bool:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return _LONE_SURROGATE.search(text) is not None
+        return re.search(_LONE_SURROGATE, text) is not None
     return False
 
 

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import email.utils
 import time
-from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -35,8 +34,7 @@ class OutcomeKind(Enum):
     """Any other answer, or a request that cannot be made at all (bad URL): give up."""
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     kind: OutcomeKind
     status: int = 0
     """The HTTP status, 0 when there was no answer."""
