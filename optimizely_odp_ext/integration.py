@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple
 from urllib.parse import SplitResult, urlsplit
@@ -28,32 +27,52 @@ class IntegrationState(Enum):
     """No ``odp`` entry, an entry without host or key, or a malformed one."""
 
 
-@dataclass(frozen=True)
 class OdpIntegration:
     """Where events go: an ODP host and the public API key that goes with it.
 
     Events remember the integration that was active when they were accepted. Build one
-    from untrusted input with :func:`integration_from_entry`, which checks it.
+    from untrusted input with :func:`integration_from_entry`, which checks it. Immutable,
+    compared and hashed by host and key.
     """
 
+    __slots__ = ("_events_url", "_parsed", "api_key", "host")
     host: str
     api_key: str
-    _parsed: SplitResult | None = field(default=None, init=False, repr=False, compare=False)
+    _parsed: SplitResult | None
+    _events_url: str | None
 
-    def __post_init__(self) -> None:
+    def __init__(self, host: str, api_key: str) -> None:
         try:
-            parsed: SplitResult | None = urlsplit(self.host) if isinstance(self.host, str) else None
+            parsed: SplitResult | None = urlsplit(host) if isinstance(host, str) else None
         except ValueError:
             parsed = None
-        object.__setattr__(self, "_parsed", parsed)
+        for name, value in (("host", host), ("api_key", api_key), ("_parsed", parsed), ("_events_url", None)):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"OdpIntegration is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"OdpIntegration is immutable: cannot delete {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, OdpIntegration):
+            return NotImplemented
+        return self.host == other.host and self.api_key == other.api_key
+
+    def __hash__(self) -> int:
+        return hash((self.host, self.api_key))
+
+    def __reduce__(self) -> tuple[type[OdpIntegration], tuple[str, str]]:
+        return (OdpIntegration, (self.host, self.api_key))  # copy and pickle through __init__
 
     @property
     def events_url(self) -> str:
         """``{scheme}://{host[:port]}{path}/v3/events``: built from the parsed host, so a
         trailing slash or a base path is kept in the right place."""
-        url = self.__dict__.get("_events_url")
+        url: str | None = self._events_url
         if url is None:
-            parsed = self._parsed
+            parsed: SplitResult | None = self._parsed
             if parsed is None:
                 url = str(self.host).rstrip("/") + EVENTS_PATH
             else:

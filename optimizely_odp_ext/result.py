@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import Enum
 
 
@@ -33,17 +32,44 @@ class DiscardReason(str, Enum):
         return self.value
 
 
-@dataclass(frozen=True)
 class SendResult:
     """What ``send_odp_event`` returns.
 
     Truthy when the event was accepted for delivery; otherwise falsy, with
-    ``reason`` saying why and ``message`` the line that was logged.
+    ``reason`` saying why and ``message`` the line that was logged. Immutable, compared and
+    hashed by its three fields (as a frozen dataclass, without a dataclass's import cost).
     """
 
+    __slots__ = ("accepted", "message", "reason")
     accepted: bool
-    reason: DiscardReason | None = None
-    message: str = ""
+    reason: DiscardReason | None
+    message: str
+
+    def __init__(self, accepted: bool, reason: DiscardReason | None = None, message: str = "") -> None:
+        object.__setattr__(self, "accepted", accepted)
+        object.__setattr__(self, "reason", reason)
+        object.__setattr__(self, "message", message)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"SendResult is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"SendResult is immutable: cannot delete {name!r}")
+
+    def _fields(self) -> tuple[bool, DiscardReason | None, str]:
+        return (self.accepted, self.reason, self.message)
+
+    def __eq__(self, other: object) -> bool:
+        return self._fields() == other._fields() if isinstance(other, SendResult) else NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __reduce__(self) -> tuple[type[SendResult], tuple[bool, DiscardReason | None, str]]:
+        return (SendResult, self._fields())  # copy and pickle through __init__
+
+    def __repr__(self) -> str:
+        return f"SendResult(accepted={self.accepted!r}, reason={self.reason!r}, message={self.message!r})"
 
     def __bool__(self) -> bool:
         return self.accepted

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import pickle
 from typing import Any
 
 import pytest
 from conftest import API_KEY, ClientFactory, log_lines
 
-from optimizely_odp_ext import DiscardReason, IntegrationState, OdpIntegration
+from optimizely_odp_ext import DiscardReason, IntegrationState, OdpIntegration, SendResult
 from optimizely_odp_ext.integration import integration_from_entry, mask_key
 from optimizely_odp_ext.testing import DatafileServer, OdpCollector, sample_datafile
 
@@ -168,3 +170,18 @@ def test_a_lookalike_loopback_host_gets_the_plain_http_warning(make_client: Clie
                                                                 caplog: pytest.LogCaptureFixture) -> None:
     make_client(datafile=json.dumps(sample_datafile("http://127.0.0.1.nip.io", API_KEY)))
     assert any("plain http://" in line for line in log_lines(caplog, logging.WARNING))
+
+
+def test_an_integration_and_a_send_result_are_immutable_values() -> None:
+    integration = OdpIntegration("https://api.zaius.com", "key-1")
+    result = SendResult.discarded(DiscardReason.QUEUE_FULL, "full")
+    for value, same, other in ((integration, OdpIntegration("https://api.zaius.com", "key-1"),
+                                OdpIntegration("https://api.zaius.com", "key-2")),
+                               (result, SendResult(False, DiscardReason.QUEUE_FULL, "full"), SendResult(True))):
+        assert value == same and hash(value) == hash(same) and value != other
+        assert copy.deepcopy(value) == value and pickle.loads(pickle.dumps(value)) == value
+    with pytest.raises(AttributeError):
+        integration.host = "https://elsewhere.example"
+    with pytest.raises(AttributeError):
+        result.accepted = True
+    assert "key-1" not in repr(integration) and not result and SendResult(True)
