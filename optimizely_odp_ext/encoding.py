@@ -25,7 +25,7 @@ import json
 import json.encoder
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
 ENCODER_VARIABLE = "OPTIMIZELY_ODP_ENCODER"
@@ -112,6 +112,43 @@ def encode(value: Any) -> bytes:
 def join(bodies: Sequence[bytes]) -> bytes:
     """The body of a list of already encoded values: ``json.dumps`` of the list, as bytes."""
     return b"[" + b", ".join(bodies) + b"]"
+
+
+PIECE_BYTES = 256 * 1024
+"""A body larger than this is sent in pieces of about this size (see :class:`JoinedBody`)."""
+
+
+class JoinedBody:
+    """The bytes of :func:`join`, made a piece of about :data:`PIECE_BYTES` at a time while
+    they are sent, so a large request never holds a second copy of its events. ``requests``
+    sends it with its length as ``Content-Length``; it can be iterated again (a new request)."""
+
+    __slots__ = ("bodies", "size")
+
+    def __init__(self, bodies: Sequence[bytes], size: int) -> None:
+        self.bodies = bodies
+        self.size = size
+        """``len(join(bodies))``."""
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[bytes]:
+        bodies, start, piece, last = self.bodies, 0, 0, len(self.bodies)
+        for end, body in enumerate(bodies, 1):
+            piece += len(body) + 2
+            if piece >= PIECE_BYTES or end == last:
+                text = b", ".join(bodies[start:end])
+                yield (b"[" if start == 0 else b", ") + text + (b"]" if end == last else b"")
+                start, piece = end, 0
+        if not bodies:
+            yield b"[]"
+
+
+def body_of(bodies: Sequence[bytes], size: int) -> bytes | JoinedBody:
+    """What to send for these encoded values (``size``: the length of their :func:`join`): the
+    joined bytes, or for a large body a :class:`JoinedBody` that joins them piece by piece."""
+    return join(bodies) if size <= PIECE_BYTES else JoinedBody(bodies, size)
 
 
 def split(body: bytes) -> list[bytes]:

@@ -15,6 +15,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util import Timeout
 
+from optimizely_odp_ext.encoding import JoinedBody
 from optimizely_odp_ext.integration import OdpIntegration, mask_key
 
 RETRYABLE_STATUSES = frozenset({408, 429})
@@ -55,8 +56,9 @@ class Transport:
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
 
-    def send(self, integration: OdpIntegration, body: bytes, timeout: float | None = None) -> Outcome:
-        """POST one batch; never raises: every failure is an :class:`Outcome` (whose detail
+    def send(self, integration: OdpIntegration, body: bytes | JoinedBody, timeout: float | None = None) -> Outcome:
+        """POST one batch (its bytes, or a large body made while it is sent, with its length as
+        ``Content-Length``); never raises: every failure is an :class:`Outcome` (whose detail
         never holds the API key). Blocks for at most about ``timeout`` seconds (default and
         upper limit: the transport's own) for connecting and for each read."""
         limit = self.timeout if timeout is None else min(self.timeout, timeout)

@@ -80,10 +80,11 @@ class Batch:
         self.attempts = attempts
         self.id = next(_batch_ids)
 
-    def body(self) -> bytes:
-        """The request body: ``json.dumps`` of the list of events, as the official client sends it
-        (a new copy each call: a request holds it only while it is sent)."""
-        return encoding.join(self.parts)
+    def body(self) -> bytes | encoding.JoinedBody:
+        """The request body: ``json.dumps`` of the list of events, as the official client sends it.
+        Made anew for each request, which holds it only while it is sent: joined at once when
+        small, a piece at a time when large (:func:`~optimizely_odp_ext.encoding.body_of`)."""
+        return encoding.body_of(self.parts, self.size)
 
     @property
     def memory(self) -> int:

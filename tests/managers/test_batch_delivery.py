@@ -9,7 +9,7 @@ import threading
 import pytest
 from conftest import ClientFactory, log_lines
 
-from optimizely_odp_ext import BatchEventManager, DiscardReason, SettingError
+from optimizely_odp_ext import BatchEventManager, DiscardReason, SettingError, encoding
 from optimizely_odp_ext.testing import OdpCollector
 
 
@@ -168,3 +168,20 @@ def test_stats_after_a_burst_show_batches_and_requests(make_client: ClientFactor
     assert stats["delivered"] == 1200 and stats["batches_sent"] >= 3 and stats["requests"] == stats["batches_sent"]
     assert all(len(json.loads(r.body)) <= 500 for r in collector.requests)
     assert log_lines(caplog, logging.WARNING) == []
+
+
+def test_a_large_batch_is_sent_in_pieces_with_its_length_and_the_same_bytes(
+        make_client: ClientFactory, collector: OdpCollector) -> None:
+    """A body over PIECE_BYTES is joined a piece at a time while it is sent (no second copy of
+    its events): the server still gets one Content-Length body, json.dumps of the events."""
+    client = make_client(odp_event_manager=BatchEventManager(flush_interval=60))
+    padding = "é" * 2_000  # escaped as \\u00e9: ~12 KB of JSON per event
+    for i in range(40):
+        assert client.send_odp_event("big", {"fs_user_id": str(i)}, data={"padding": padding, "n": i})
+    assert client.flush(10)
+    [request] = collector.requests
+    assert len(request.body) > encoding.PIECE_BYTES, "large enough to be sent in pieces"
+    assert request.headers["content-length"] == str(len(request.body))
+    assert "transfer-encoding" not in request.headers
+    assert request.body == json.dumps(request.events).encode(), "the official client's bytes"
+    assert [e["data"]["n"] for e in request.events] == list(range(40))
