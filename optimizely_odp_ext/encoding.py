@@ -150,11 +150,3 @@ def body_of(bodies: Sequence[bytes], size: int) -> bytes | JoinedBody:
     joined bytes, or for a large body a :class:`JoinedBody` that joins them piece by piece."""
     return join(bodies) if size <= PIECE_BYTES else JoinedBody(bodies, size)
 
-
-def split(body: bytes) -> list[bytes]:
-    """Each value of an encoded list, encoded on its own (what it was before :func:`join`).
-
-    Decoding and encoding again gives the same bytes: the encoders write floats with
-    ``repr`` and escape strings the same way every time.
-    """
-    return [encode(value) for value in json.loads(body)]

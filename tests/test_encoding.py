@@ -50,11 +50,18 @@ def test_the_standard_librarys_encoder_built_once_writes_what_json_dumps_writes(
         encoding._stdlib_dumps({"data": object()})
 
 
-def test_join_and_split_give_back_each_events_bytes() -> None:
-    parts = [json.dumps(event).encode() for event in EVENTS[:100]]
-    body = encoding.join(parts)
-    assert body == json.dumps(EVENTS[:100]).encode()
-    assert encoding.split(body) == parts
+def test_a_body_joined_a_piece_at_a_time_is_the_joined_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    parts = [json.dumps(event).encode() for event in EVENTS[:300]]
+    for count in (0, 1, 2, 7, 300):
+        joined = encoding.join(parts[:count])
+        assert joined == json.dumps(EVENTS[:count]).encode()
+        for piece in (1, 150, 4096, encoding.PIECE_BYTES):
+            monkeypatch.setattr(encoding, "PIECE_BYTES", piece)
+            body = encoding.body_of(parts[:count], len(joined))
+            pieces = [body] if isinstance(body, bytes) else list(body)
+            assert b"".join(pieces) == joined and len(body) == len(joined), (count, piece)
+            if count >= 7 and piece < len(joined) // 2:
+                assert len(pieces) > 1, "sent in pieces, not one copy"
 
 
 def test_the_fast_encoder_writes_the_same_bytes_as_the_standard_library() -> None:
