@@ -121,6 +121,7 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
         link = self._link
         if link is not None and link.write_through:
             return self._send_through(event, integration, link, body, size)
+        fleet = link is not None and link.shared  # self._fleet, without a property call per event
         s = self.settings
         with self._lock:
             if self._closed:
@@ -131,7 +132,7 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
             self._queued_bytes += size
             seq = self._next_seq
             self._next_seq = seq + 1
-            if self._fleet:
+            if fleet:
                 self._to_store.append((integration, (seq, event.accepted_at, body, 0)))
                 queued = len(self._to_store)
             else:
