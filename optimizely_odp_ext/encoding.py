@@ -29,7 +29,10 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
 ENCODER_VARIABLE = "OPTIMIZELY_ODP_ENCODER"
-"""``json`` (or ``stdlib``) there: the standard library even when ujson is installed."""
+"""``json`` (or ``stdlib``) there: the standard library even when ujson is installed; ``ujson``
+or unset: ujson when installed. Any other value is ignored (``doctor`` warns about it)."""
+STDLIB_VALUES = ("json", "stdlib")
+KNOWN_VALUES = (*STDLIB_VALUES, "ujson", "")
 _ONE_DIGIT_EXPONENT = re.compile(r"e-\d[,}\]]")
 """A float ujson writes as ``1e-7`` where the standard library writes ``1e-07`` (Python's repr
 writes an exponent only below 1e-4 or from 1e16, so only negative ones have one digit)."""
@@ -60,7 +63,7 @@ _stdlib_dumps = _make_stdlib_dumps()
 
 
 def _load_ujson() -> Dumps | None:
-    if os.environ.get(ENCODER_VARIABLE, "").strip().lower() in ("json", "stdlib"):
+    if os.environ.get(ENCODER_VARIABLE, "").strip().lower() in STDLIB_VALUES:
         return None
     try:
         import ujson
@@ -102,6 +105,15 @@ def encoder_name() -> str:
     if _dumps is _first_dumps:
         _choose()
     return ENCODER
+
+
+def variable_problem() -> str | None:
+    """Why the value of :data:`ENCODER_VARIABLE` is ignored, or None when it is not."""
+    value = os.environ.get(ENCODER_VARIABLE, "")
+    if value.strip().lower() in KNOWN_VALUES:
+        return None
+    return (f"{ENCODER_VARIABLE}={value!r} is not one of json, stdlib or ujson: it is ignored "
+            "(ujson when installed, else the standard library)")
 
 
 def encode(value: Any) -> bytes:

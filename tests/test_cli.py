@@ -192,6 +192,11 @@ def test_doctor_names_the_json_encoder_and_how_to_choose_it(datafile: str) -> No
         assert re.search(r"JSON encoder:\s+ujson \(the \[fast\] extra", default.stdout)
     else:
         assert "pip install 'optimizely-odp-ext[fast]'" in default.stdout
+    assert "is not one of json, stdlib or ujson" not in default.stdout
+    unknown = run("doctor", "--datafile", datafile, env={"OPTIMIZELY_ODP_ENCODER": "orjson"})
+    assert "OPTIMIZELY_ODP_ENCODER='orjson' is not one of json, stdlib or ujson: it is ignored" in unknown.stdout
+    assert re.search(r"JSON encoder:\s+(ujson \(the \[fast\] extra|json \(the standard library; pip install)",
+                     unknown.stdout), "the encoder chosen as if the variable were not set"
 
 
 # ------------------------------------------------------------------------------ collector

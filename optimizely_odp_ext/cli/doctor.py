@@ -56,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
               else "it has no ODP of its own; optimizely-odp-ext provides it")
     lines = [("optimizely-sdk", f"{compat.SDK_VERSION} ({native})"), ("optimizely-odp-ext", __version__),
              ("JSON encoder", _encoder())]
+    encoder_problem = encoding.variable_problem()
+    if encoder_problem:
+        warnings.append(encoder_problem)
 
     session: Session | None = None
     config: Any = None
@@ -222,6 +225,6 @@ def _encoder() -> str:
     name = encoding.encoder_name()
     if name == "ujson":
         return f"ujson (the [fast] extra; {ENCODER_VARIABLE}=json turns it off)"
-    if os.environ.get(ENCODER_VARIABLE, "").strip():
+    if os.environ.get(ENCODER_VARIABLE, "").strip().lower() in encoding.STDLIB_VALUES:
         return f"json (the standard library; {ENCODER_VARIABLE}={os.environ[ENCODER_VARIABLE].strip()})"
     return "json (the standard library; pip install 'optimizely-odp-ext[fast]' for ujson)"
