@@ -26,7 +26,7 @@ from optimizely_odp_ext.integration import OdpIntegration
 from optimizely_odp_ext.managers import lifecycle
 from optimizely_odp_ext.managers.base import DEFAULT_FLUSH_TIMEOUT, EventManager
 from optimizely_odp_ext.managers.batching import SPOOL_ID, WAITING_OVERHEAD, waiting_memory
-from optimizely_odp_ext.managers.fleet import FleetJobs
+from optimizely_odp_ext.managers.fleet import STORE_CHUNK, FleetJobs
 from optimizely_odp_ext.managers.jobs import DeliveryJobs
 from optimizely_odp_ext.managers.state import seq_of
 from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
@@ -134,14 +134,13 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
             self._next_seq = seq + 1
             if fleet:
                 self._to_store.append((integration, (seq, event.accepted_at, body, 0)))
-                queued = len(self._to_store)
+                start = self._wake_for(len(self._to_store), STORE_CHUNK)
             else:
                 last, dest = self._route
                 if integration is not last or dest is None:
                     dest = self._destination(integration)
                 dest.waiting.append((seq, event.accepted_at, body, 0))
-                queued = len(dest.waiting)
-            start = self._wake_for(queued)
+                start = self._wake_for(len(dest.waiting), self._cut_events)
         if start:
             self._start_worker()
         return ACCEPTED
@@ -169,17 +168,18 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
                 dest.waiting.append((seq, event.accepted_at, body, ids[0] if ids else 0))
                 if len(dest.waiting) > 1 and dest.waiting[-2][0] > seq:  # another caller stored first
                     dest.waiting.sort(key=seq_of)
-                start = self._wake_for(len(dest.waiting))
+                start = self._wake_for(len(dest.waiting), self._cut_events)
         if start:
             self._start_worker()
         return ACCEPTED
 
-    def _wake_for(self, waiting: int) -> bool:
-        """After an event joined a destination's queue of ``waiting`` (lock held): wake an idle
-        worker when the first event arrives (to time the flush interval) or a batch is full;
-        True when a worker must be started."""
+    def _wake_for(self, waiting: int, full: int) -> bool:
+        """After an event joined a queue of ``waiting`` (lock held): wake an idle worker when the
+        first event arrives (to time the flush interval, or an append's linger) or when ``full``
+        are waiting (a batch to cut; in a fleet, a chunk to append at once); True when a worker
+        must be started."""
         if self._idle:
-            if waiting == 1 or waiting == self._cut_events:
+            if waiting == 1 or waiting == full:
                 self._work.notify()
             return False
         return not self._workers and self._reserve_worker()
