@@ -23,6 +23,8 @@ import random
 import re
 import sys
 import time
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, Union
 
 from optimizely_odp_ext import encoding
@@ -43,6 +45,8 @@ _SAFE_INT_BITS = 2_000
 allows for ``sys.set_int_max_str_digits``; only longer ones are checked precisely."""
 _LONE_SURROGATE = "[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]"
 """A surrogate not paired as UTF-16; compiled on first use (by ``re``'s cache), not at import."""
+
+_NO_DATA: Mapping[str, Scalar] = MappingProxyType({})
 
 INVALID_ACTION_EMPTY = "ODP action is not valid (cannot be empty)."
 """optimizely-sdk 5.x's wording, kept as the start of our lines."""
@@ -65,11 +69,8 @@ def new_idempotence_id() -> str:
 def wire_data(data: OdpData | None) -> OdpData:
     """The ``data`` object as the official client sends it: the default data (a new
     idempotence id each call), then the caller's on top (same keys keep their place)."""
-    if data:
-        return {"idempotence_id": new_idempotence_id(), "data_source_type": "sdk", "data_source": "python-sdk",
-                "data_source_version": SDK_VERSION, **data}
     return {"idempotence_id": new_idempotence_id(), "data_source_type": "sdk", "data_source": "python-sdk",
-            "data_source_version": SDK_VERSION}
+            "data_source_version": SDK_VERSION, **(data or _NO_DATA)}
 
 
 def wire_dict(type: str, action: str, identifiers: dict[str, Any], data: OdpData | None) -> dict[str, Any]:

@@ -121,7 +121,6 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
         link = self._link
         if link is not None and link.write_through:
             return self._send_through(event, integration, link, body, size)
-        fleet = link is not None and link.shared  # self._fleet, without a property call per event
         s = self.settings
         with self._lock:
             if self._closed:
@@ -132,7 +131,7 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
             self._queued_bytes += size
             seq = self._next_seq
             self._next_seq = seq + 1
-            if fleet:
+            if self._fleet:
                 self._to_store.append((integration, (seq, event.accepted_at, body, 0)))
                 start = self._wake_for(len(self._to_store), STORE_CHUNK)
             else:
@@ -152,7 +151,7 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
         with self._lock:
             if self._closed:
                 return _closed_result()
-            if self._held >= s.max_queue_events or self._memory() + size > s.max_queue_bytes:
+            if self._held >= s.max_queue_events or self._queued_bytes + size > s.max_queue_bytes:
                 return _queue_full_result(s)
             self._held += 1
             self._queued_bytes += size
@@ -341,7 +340,7 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
                 accepted=self._next_seq,
                 recovered=self._recovered,
                 queued=self._held - self._ledger.in_flight_events,
-                queued_bytes=self._memory(),
+                queued_bytes=self._queued_bytes,
             )
             if self._fleet:
                 stats.update(self._fleet_stats())

@@ -123,9 +123,6 @@ class ManagerState:
         self._next_figures = 0.0
 
     # -- memory and room -------------------------------------------------------------------------
-    def _memory(self) -> int:
-        return self._queued_bytes
-
     def _room(self) -> int:
         return max(0, self.settings.max_queue_events - self._held)
 
@@ -256,10 +253,6 @@ class ManagerState:
     def _announced_before(self, number: int) -> bool:
         """Every output taken before ``number`` was emitted (lock held)."""
         return not self._unemitted or min(self._unemitted) >= number
-
-
-def spool_ids(items: Sequence[Waiting]) -> list[SpoolId]:
-    return [item[SPOOL_ID] for item in items if item[SPOOL_ID]]
 
 
 ClaimedGroups = list[tuple[Optional[OdpIntegration], list[Waiting], int]]
