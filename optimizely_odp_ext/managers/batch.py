@@ -5,7 +5,7 @@ bytes to its destination's list, under a lock that is only ever held for a few o
 never while encoding or sending.
 
 Workers (one thread at first, up to ``max_in_flight`` when there is more to do than one can
-do) take turns at two jobs: cutting a batch (joining its events' bytes), and sending one. A
+do) take turns at two jobs: cutting a batch, and sending one (its body joined from its events' bytes). A
 worker that cuts a batch usually sends it too, so at low latency one thread does all the work
 and nothing is handed from thread to thread; while requests wait for ODP, other workers cut
 and send the next batches. Nothing is dropped except by the documented policies (refused by
@@ -457,7 +457,7 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
         """A worker took a job: when work is left, nobody is free, and requests wait on ODP long
         enough that another worker would cut batches meanwhile, start one (lock held). Up to
         ``max_in_flight + 1`` workers: one can cut ahead while ``max_in_flight`` wait. A
-        worker's own work per batch (joining it; in a fleet also appending and claiming, in the
+        worker's own work per batch (cutting it and joining its body; in a fleet also appending and claiming, in the
         Redis client) must be well under the wait: otherwise more workers only take turns at
         the GIL, and application threads wait for the lock behind them."""
         waiting = self._request_time

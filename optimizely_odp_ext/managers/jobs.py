@@ -31,7 +31,8 @@ class DeliveryJobs(ManagerState):
     """Cutting and sending batches (see the module docstring)."""
 
     def _seal_batch(self, dest: Destination, token: int, items: list[Waiting]) -> None:
-        """Join waiting events into a batch (no lock), then make it ready."""
+        """Make a batch of waiting events (no lock), then make it ready (its body is joined when it
+        is sent)."""
         started = time.monotonic()
         batch = seal(dest.integration, items)
         took = time.monotonic() - started

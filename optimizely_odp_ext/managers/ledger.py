@@ -72,7 +72,7 @@ class DeliveryLedger:
         self.in_flight: dict[int, Batch] = {}
         self.in_flight_events = 0
         self.sealing: dict[int, int] = {}
-        """Batches being cut (joined): a token -> the acceptance order of their first event."""
+        """Batches being cut: a token -> the acceptance order of their first event."""
         self.counts: Counter[str] = Counter()
         """``requests``, ``batches_sent``, ``delivered`` and ``retries``."""
         self.dropped: Counter[str] = Counter()

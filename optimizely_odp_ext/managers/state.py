@@ -84,7 +84,7 @@ class ManagerState:
         self._request_time = 0.0
         """Mean duration of a request lately: more workers only help when requests are slow."""
         self._encode_time = 0.0
-        """Mean time cutting (joining) a batch took lately."""
+        """Mean time making a batch of cut events took lately (small: its body is joined when sent)."""
         self._fleet_work = 0.0
         """In a fleet: mean time appending or claiming took lately, per event (a worker's own
         work besides cutting batches, which more workers would do at the same time)."""

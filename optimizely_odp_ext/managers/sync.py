@@ -228,7 +228,7 @@ class SyncEventManager(EventManager):
     # -- internals ---------------------------------------------------------------------------
     def _cut(self, dest: Destination) -> None:
         """Turn the waiting events of ``dest`` into ready batches (lock held; they are encoded
-        already, so this only joins bytes)."""
+        already, so this only groups their bytes; a body is joined when it is sent)."""
         s = self.settings
         while dest.waiting:
             dest.ready.append(seal(dest.integration, dest.take_batch(s.batch_size, s.max_batch_bytes)))
