@@ -17,10 +17,15 @@ Each event is encoded on its own, when it is accepted; a batch joins their bytes
 library's encoder is called the way ``json.dumps`` calls it, minus what ``json.dumps`` redoes on
 every call (building the C encoder, checking for cycles: a validated event has none), which is
 about a third of the time for a small event.
+
+Both encoders refuse NaN and the infinities (``allow_nan=False``), which the official client would
+write as the invalid JSON ``NaN`` and ``Infinity``: encoding is part of validating an event (see
+:mod:`optimizely_odp_ext.event`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import json.encoder
 import os
@@ -45,21 +50,27 @@ def _not_serializable(value: Any) -> Any:
 
 
 def _make_stdlib_dumps() -> Dumps:
-    """``json.dumps`` with its default options, the C encoder built once (``json.dumps`` itself
-    where the C accelerator is missing)."""
+    """``json.dumps`` with its default options but ``allow_nan=False``, the C encoder built once
+    (``json.dumps`` itself where the C accelerator is missing)."""
     make_encoder = getattr(json.encoder, "c_make_encoder", None)
     if make_encoder is None:
-        return json.dumps
+        return functools.partial(json.dumps, allow_nan=False)
     encode_chunks = make_encoder(None, _not_serializable, json.encoder.encode_basestring_ascii, None,
-                                 ": ", ", ", False, False, True)
+                                 ": ", ", ", False, False, False)
 
-    def dumps(value: Any) -> str:
+    def dumps_with_c_encoder(value: Any) -> str:
         return "".join(encode_chunks(value, 0))
 
-    return dumps
+    return dumps_with_c_encoder
 
 
-_stdlib_dumps = _make_stdlib_dumps()
+stdlib_dumps = _make_stdlib_dumps()
+"""The standard library's encoder (:data:`dumps` may be ujson's): the cheaper of the two for a
+small object, as ujson's call itself costs more than encoding a few keys."""
+FAST_FROM_KEYS = 10
+"""From this many keys on, an object is encoded with :data:`dumps` (ujson when installed): below,
+with :data:`stdlib_dumps` (measured on this package's benchmark events: ujson is faster from about
+10 keys, and slower below)."""
 
 
 def _load_ujson() -> Dumps | None:
@@ -71,30 +82,33 @@ def _load_ujson() -> Dumps | None:
         return None
     ujson_dumps = ujson.dumps
 
-    def dumps(value: Any) -> str:
-        text: str = ujson_dumps(value, ensure_ascii=True, escape_forward_slashes=False, separators=(", ", ": "))
+    def fast_dumps(value: Any) -> str:
+        text: str = ujson_dumps(value, ensure_ascii=True, escape_forward_slashes=False, separators=(", ", ": "),
+                                allow_nan=False)
         if "\x7f" in text or ("e-" in text and _ONE_DIGIT_EXPONENT.search(text)):
-            return _stdlib_dumps(value)  # see the module docstring: these are written differently
+            return stdlib_dumps(value)  # see the module docstring: these are written differently
         return text
 
-    return dumps
+    return fast_dumps
 
 
 def _choose() -> Dumps:
     """The encoder, chosen on first use (importing ujson waits until something is encoded)."""
-    global _dumps, ENCODER
+    global dumps, ENCODER
     fast = _load_ujson()
     if fast is not None:
         ENCODER = "ujson"
-    _dumps = fast or _stdlib_dumps
-    return _dumps
+    dumps = fast or stdlib_dumps
+    return dumps
 
 
 def _first_dumps(value: Any) -> str:
     return _choose()(value)
 
 
-_dumps: Dumps = _first_dumps
+dumps: Dumps = _first_dumps
+"""``json.dumps(value)`` (``allow_nan=False``) with the encoder in use; read it from this module
+at each call (it is replaced once the encoder is chosen)."""
 ENCODER: str = "json"
 """The encoder in use once something was encoded (:func:`encoder_name` tells at any time):
 ``"ujson"`` (the ``[fast]`` extra) or ``"json"`` (the standard library)."""
@@ -102,7 +116,7 @@ ENCODER: str = "json"
 
 def encoder_name() -> str:
     """The encoder this process uses: ``"ujson"`` or ``"json"``."""
-    if _dumps is _first_dumps:
+    if dumps is _first_dumps:
         _choose()
     return ENCODER
 
@@ -118,7 +132,7 @@ def variable_problem() -> str | None:
 
 def encode(value: Any) -> bytes:
     """``json.dumps(value)`` as bytes (ASCII), with the encoder in use."""
-    return _dumps(value).encode()
+    return dumps(value).encode()
 
 
 def join(bodies: Sequence[bytes]) -> bytes:

@@ -2,8 +2,12 @@
 
 Building validates and copies the caller's input, so the caller's dicts are never
 mutated and later changes to them do not reach the event. It runs on the caller's
-thread and is kept small; default data and the JSON encoding are added by the event
-manager (:func:`wire_dict`; the default one encodes on the caller's thread too).
+thread and encodes the identifiers and data once: for plain data (string keys; str,
+int, float, bool or None values) the encoder's own refusals and a look at its output
+are the checks (NaN, an infinity or an integer too long to print make it raise; a
+surrogate shows as a ``\\ud`` escape), and only then is each value examined, to name the problem.
+The event's JSON is those pieces around a new idempotence id (:meth:`OdpEvent.wire_json`),
+the bytes ``json.dumps`` writes for :func:`wire_dict`.
 
 The fidelity rule: what optimizely-sdk 5.x accepts and sends, this accepts and encodes
 to the same bytes (apart from the idempotence id). Refused, each with its reason, is
@@ -18,6 +22,8 @@ it has one.
 
 from __future__ import annotations
 
+import json
+import json.encoder
 import math
 import random
 import re
@@ -47,6 +53,11 @@ _LONE_SURROGATE = "[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc0
 """A surrogate not paired as UTF-16; compiled on first use (by ``re``'s cache), not at import."""
 
 _NO_DATA: Mapping[str, Scalar] = MappingProxyType({})
+_DEFAULT_DATA_KEYS = frozenset(("idempotence_id", "data_source_type", "data_source", "data_source_version"))
+_HEAD = '{"type": %s, "action": %s, "identifiers": %s, "data": {"idempotence_id": "'
+_DEFAULT_DATA_TAIL = ('", "data_source_type": "sdk", "data_source": "python-sdk", "data_source_version": '
+                      + json.dumps(SDK_VERSION))
+_json_string = json.encoder.encode_basestring_ascii
 
 INVALID_ACTION_EMPTY = "ODP action is not valid (cannot be empty)."
 """optimizely-sdk 5.x's wording, kept as the start of our lines."""
@@ -96,7 +107,7 @@ class OdpEvent:
     released) and the idempotence id cached by :meth:`to_json`.
     """
 
-    __slots__ = ("_json", "accepted_at", "action", "data", "identifiers", "integration", "type")
+    __slots__ = ("_json", "_wire", "accepted_at", "action", "data", "identifiers", "integration", "type")
 
     def __init__(
         self,
@@ -114,6 +125,8 @@ class OdpEvent:
         self.integration = integration
         self.accepted_at = time.monotonic() if accepted_at is None else accepted_at
         self._json: bytes | None = None
+        self._wire: tuple[bytes, bytes] | None = None
+        """The event's JSON before and after its idempotence id, when :func:`build_event` made it."""
 
     def wire_data(self) -> OdpData:
         """The ``data`` object as sent: the default data, then the caller's on top."""
@@ -123,10 +136,17 @@ class OdpEvent:
         """The event as ODP receives it (a new idempotence id each call: prefer :meth:`to_json`)."""
         return wire_dict(self.type, self.action, self.identifiers, self.data)
 
+    def wire_json(self) -> bytes:
+        """The event's JSON with a new idempotence id: ``json.dumps`` of :meth:`to_dict`, as bytes."""
+        wire = self._wire
+        if wire is None:
+            return encoding.encode(self.to_dict())
+        return b"".join((wire[0], new_idempotence_id().encode(), wire[1]))
+
     def to_json(self) -> bytes:
         """The event's JSON, computed once: its idempotence id stays the same across retries."""
         if self._json is None:
-            self._json = encoding.encode(self.to_dict())
+            self._json = self.wire_json()
         return self._json
 
     def __repr__(self) -> str:
@@ -149,7 +169,25 @@ def build_event(
         type = DEFAULT_EVENT_TYPE
     elif type.__class__ is not str or not type.isascii():
         _check_type(type)
-    return OdpEvent(type, action, _copy_identifiers(identifiers), _copy_data(data))  # type: ignore[arg-type]
+    identifiers = _copy_identifiers(identifiers)
+    data, data_json = _copy_data(data)
+    event = OdpEvent(type, action, identifiers, data)  # type: ignore[arg-type]  # both checked above
+    if data is None or data.keys().isdisjoint(_DEFAULT_DATA_KEYS):  # else the caller's keys take their place
+        event._wire = _wire_parts(event.type, event.action, identifiers, data_json)
+    return event
+
+
+def _wire_parts(type: str, action: str, identifiers: dict[str, Any], data_json: str) -> tuple[bytes, bytes]:
+    """The event's JSON before and after its idempotence id (the default data's first key): the
+    bytes of ``json.dumps(wire_dict(...))`` when the caller's data has none of the default keys."""
+    try:
+        identifiers_json = encoding.stdlib_dumps(identifiers)  # a few keys: see FAST_FROM_KEYS
+    except (TypeError, ValueError, OverflowError) as error:  # validated: only a bug gets here
+        raise InvalidEventError(DiscardReason.INVALID_IDENTIFIERS,
+                                f"ODP identifiers are not valid (they cannot be encoded as JSON: {error}).") from None
+    head = _HEAD % (_json_string(type), _json_string(action), identifiers_json)
+    tail = (_DEFAULT_DATA_TAIL + ", " + data_json[1:] + "}") if data_json else (_DEFAULT_DATA_TAIL + "}}")
+    return head.encode(), tail.encode()
 
 
 def _check_action(action: object) -> None:
@@ -217,12 +255,33 @@ def _check_identifier_value(key: object, value: object) -> None:
                                 f"ODP identifiers are not valid (value of {key!a} {problem}).")
 
 
-def _copy_data(data: object) -> OdpData | None:
+def _copy_data(data: object) -> tuple[OdpData | None, str]:
+    """A copy of valid ``data`` (None when there is none) and its JSON (empty when none)."""
     if data is None:
-        return None
+        return None, ""
     if data.__class__ is not dict and not isinstance(data, dict):
         raise InvalidEventError(DiscardReason.INVALID_DATA,
                                 f"{INVALID_DATA} It must be a dict, not {_kind(data)}.")
+    if not data:
+        return None, ""
+    copy = dict(data)  # encoded and kept: what is sent is what was checked
+    try:
+        "".join(copy)  # every key a string: ujson would write any other key as its str()
+        text = (encoding.dumps if len(copy) >= encoding.FAST_FROM_KEYS else encoding.stdlib_dumps)(copy)
+    except (TypeError, ValueError, OverflowError, RecursionError):  # not JSON, NaN, an infinity, a huge int
+        text = ""
+    if text and "[" not in text and text.find("{", 1) < 0 and ("\\" not in text or "\\ud" not in text):
+        return copy, text  # only scalars (no nested list or object), no surrogate escaped
+    _check_data(copy)  # names what cannot be sent; else the output above only looked suspicious
+    try:
+        return copy, text or encoding.dumps(copy)
+    except (TypeError, ValueError, OverflowError, RecursionError) as error:  # checked: only a bug gets here
+        raise InvalidEventError(DiscardReason.INVALID_DATA,
+                                f"{INVALID_DATA} It cannot be encoded as JSON ({error}).") from None
+
+
+def _check_data(data: dict[Any, Any]) -> None:
+    """Raise :class:`InvalidEventError` naming what in ``data`` cannot be sent, if anything."""
     for key, value in data.items():  # the common cases cost a type check or two
         if key.__class__ is not str or not key.isascii():
             problem = _data_key_problem(key)
@@ -253,7 +312,6 @@ def _copy_data(data: object) -> OdpData | None:
         problem = _json_scalar_problem(value)
         if problem:
             raise InvalidEventError(DiscardReason.INVALID_DATA, f"{INVALID_DATA} Value of {key!a} {problem}.")
-    return dict(data) if data else None
 
 
 def _identifier_value_problem(value: object) -> str | None:

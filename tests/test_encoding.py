@@ -45,9 +45,9 @@ def test_an_event_is_json_dumps_of_it_and_a_batch_is_json_dumps_of_the_list() ->
 
 def test_the_standard_librarys_encoder_built_once_writes_what_json_dumps_writes() -> None:
     for event in EVENTS:
-        assert encoding._stdlib_dumps(event) == json.dumps(event), event
+        assert encoding.stdlib_dumps(event) == json.dumps(event), event
     with pytest.raises(TypeError, match="Object of type object is not JSON serializable"):
-        encoding._stdlib_dumps({"data": object()})
+        encoding.stdlib_dumps({"data": object()})
 
 
 def test_a_body_joined_a_piece_at_a_time_is_the_joined_bytes(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import random
 import uuid
+from typing import Any
 
 import pytest
 
+from optimizely_odp_ext import encoding
 from optimizely_odp_ext.compat import SDK_VERSION
-from optimizely_odp_ext.event import InvalidEventError, build_event
+from optimizely_odp_ext.event import InvalidEventError, _check_data, build_event, wire_dict
 from optimizely_odp_ext.result import DiscardReason
 
 
@@ -86,3 +90,86 @@ def test_invalid_event_error_carries_reason_and_message() -> None:
         build_event("a", {"k": "v"}, data={"n": float("nan")})
     assert raised.value.reason is DiscardReason.INVALID_DATA
     assert "'n'" in str(raised.value)
+
+
+class _Key(str):
+    """A string subclass, as an enum of keys would be."""
+
+
+def _random_value(rng: random.Random) -> Any:
+    kind = rng.randrange(14)
+    if kind == 0:
+        return rng.choice([float("nan"), float("inf"), -float("inf")])
+    if kind == 1:
+        return rng.choice([10**5000, 2**70, -(10**40), True, None])
+    if kind == 2:
+        return rng.choice([[1, 2], {"a": 1}, (1,), object(), b"x", {1, 2}])
+    if kind == 3:
+        return rng.choice([1e-7, 2.5e-5, 1e22, -0.0, 0.1, 5e-324])
+    if kind == 4:
+        return _Key("sub")
+    alphabet = [rng.randrange(0x20, 0x80), rng.randrange(0x80, 0xD800), rng.randrange(0xD800, 0xE000),
+                rng.randrange(0xE000, 0x110000), ord("["), ord("{"), ord("\\"), ord('"'), 0x7F]
+    return "".join(chr(rng.choice(alphabet)) for _ in range(rng.randrange(0, 6)))
+
+
+def _random_data(rng: random.Random, valid_only: bool) -> dict[Any, Any]:
+    data: dict[Any, Any] = {}
+    for i in range(rng.randrange(0, 7)):
+        key: Any = rng.choice([f"k{i}", f"k{i}\ud800", f"k{i}é", _Key(f"s{i}"), i, 1.5, None, (i,),
+                               "idempotence_id", "data_source"])
+        data[key] = _random_value(rng)
+    if valid_only:
+        for key in list(data):
+            try:
+                _check_data({key: data[key]})
+            except InvalidEventError:
+                del data[key]
+    return data
+
+
+@pytest.fixture(params=["json", "ujson"])
+def encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "ujson":
+        fast = encoding._load_ujson() if importlib.util.find_spec("ujson") else None
+        if fast is None:
+            pytest.skip("the [fast] extra is not installed")
+        monkeypatch.setattr(encoding, "dumps", fast)
+    else:
+        monkeypatch.setattr(encoding, "dumps", encoding.stdlib_dumps)
+    return str(request.param)
+
+
+def test_data_is_refused_exactly_when_a_value_by_value_check_refuses_it(encoder: str) -> None:
+    """Plain data is checked by encoding it; the verdict and its message are the ones the
+    value-by-value check gives, for every mix of valid and invalid keys and values."""
+    for seed in range(3000):
+        data = _random_data(random.Random(seed), valid_only=False)
+        try:
+            _check_data(data)
+            expected = None
+        except InvalidEventError as invalid:
+            expected = (invalid.reason, invalid.message)
+        try:
+            build_event("a", {"fs_user_id": "u"}, data=data)
+            got = None
+        except InvalidEventError as invalid:
+            got = (invalid.reason, invalid.message)
+        assert got == expected, (seed, data)
+
+
+def test_an_events_json_is_json_dumps_of_its_wire_dict(encoder: str) -> None:
+    for seed in range(3000):
+        rng = random.Random(seed)
+        data = _random_data(rng, valid_only=True)
+        identifiers = {"fs_user_id": _random_value(rng) if rng.random() < 0.3 else "u", "email": "é@x"}
+        try:
+            event = build_event(rng.choice(["buy", "é", "a\x7fb"]), identifiers, rng.choice([None, "t"]), data)
+        except InvalidEventError:
+            continue  # an identifier value that cannot be sent
+        sent = event.wire_json()
+        idempotence_id = json.loads(sent)["data"]["idempotence_id"]
+        expected = wire_dict(event.type, event.action, event.identifiers, event.data)
+        if "idempotence_id" not in (data or {}):
+            expected["data"]["idempotence_id"] = idempotence_id
+        assert sent == json.dumps(expected).encode(), (seed, data)

@@ -20,8 +20,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable
 
-from optimizely_odp_ext import encoding
-from optimizely_odp_ext.event import OdpEvent, wire_dict
+from optimizely_odp_ext.event import OdpEvent
 from optimizely_odp_ext.integration import OdpIntegration
 from optimizely_odp_ext.managers import lifecycle
 from optimizely_odp_ext.managers.base import DEFAULT_FLUSH_TIMEOUT, EventManager
@@ -114,7 +113,7 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
         if integration is None:  # the client binds every event before handing it over
             return SendResult.discarded(DiscardReason.ODP_NOT_INTEGRATED, "ODP event has no integration.")
         try:
-            body = encoding.encode(wire_dict(event.type, event.action, event.identifiers, event.data))
+            body = event.wire_json()
         except (TypeError, ValueError, OverflowError, RecursionError) as error:  # validated: only a bug gets here
             return SendResult.discarded(DiscardReason.INVALID_DATA, f"ODP event cannot be encoded: {error}")
         size = len(body) + WAITING_OVERHEAD
@@ -194,7 +193,7 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
         records = []
         for event in events:
             try:
-                records.append(SpoolRecord("", "", encoding.encode(event.to_dict()), now))
+                records.append(SpoolRecord("", "", event.wire_json(), now))
             except (TypeError, ValueError, OverflowError):
                 continue
         ids = link.append(records)

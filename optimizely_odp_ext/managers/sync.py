@@ -37,7 +37,7 @@ import threading
 import time
 from typing import Any, Literal
 
-from optimizely_odp_ext import encoding, notifications
+from optimizely_odp_ext import notifications
 from optimizely_odp_ext.event import OdpEvent
 from optimizely_odp_ext.integration import OdpIntegration
 from optimizely_odp_ext.logs import LogRateLimiter
@@ -137,7 +137,7 @@ class SyncEventManager(EventManager):
         if integration is None:  # the client binds every event before handing it over
             return SendResult.discarded(DiscardReason.ODP_NOT_INTEGRATED, "ODP event has no integration.")
         try:
-            body = encoding.encode(event.to_dict())
+            body = event.wire_json()
         except (TypeError, ValueError, OverflowError, RecursionError) as error:  # validated: only a bug gets here
             return SendResult.discarded(DiscardReason.INVALID_DATA, f"ODP event cannot be encoded: {error}")
         size = len(body) + WAITING_OVERHEAD
