@@ -20,7 +20,6 @@ import sys
 import time
 import tracemalloc
 
-from optimizely_odp_ext import encoding
 from optimizely_odp_ext.event import build_event
 from optimizely_odp_ext.managers.batching import PART_OVERHEAD, WAITING_OVERHEAD
 
@@ -37,7 +36,7 @@ def measure(fields: int, events: int, in_batch: bool) -> tuple[float, float]:
         data = {f"field_{k}": (f"value-{i}-{k}" if k % 3 == 0 else i * k if k % 3 == 1 else i / 7.0)
                 for k in range(fields)}
         event = build_event("bench", {"fs_user_id": f"user-{i}"}, "fullstack", data)
-        body = encoding.encode(event.to_dict())
+        body = event.wire_json()
         json_bytes += len(body)
         if in_batch:
             keep.append(body)

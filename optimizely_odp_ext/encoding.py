@@ -94,21 +94,19 @@ def _load_ujson() -> Dumps | None:
 
 def _choose() -> Dumps:
     """The encoder, chosen on first use (importing ujson waits until something is encoded)."""
-    global dumps, ENCODER
+    global _dumps, ENCODER
     fast = _load_ujson()
     if fast is not None:
         ENCODER = "ujson"
-    dumps = fast or stdlib_dumps
-    return dumps
+    _dumps = fast or stdlib_dumps
+    return _dumps
 
 
 def _first_dumps(value: Any) -> str:
     return _choose()(value)
 
 
-dumps: Dumps = _first_dumps
-"""``json.dumps(value)`` (``allow_nan=False``) with the encoder in use; read it from this module
-at each call (it is replaced once the encoder is chosen)."""
+_dumps: Dumps = _first_dumps
 ENCODER: str = "json"
 """The encoder in use once something was encoded (:func:`encoder_name` tells at any time):
 ``"ujson"`` (the ``[fast]`` extra) or ``"json"`` (the standard library)."""
@@ -116,7 +114,7 @@ ENCODER: str = "json"
 
 def encoder_name() -> str:
     """The encoder this process uses: ``"ujson"`` or ``"json"``."""
-    if dumps is _first_dumps:
+    if _dumps is _first_dumps:
         _choose()
     return ENCODER
 
@@ -130,9 +128,10 @@ def variable_problem() -> str | None:
             "(ujson when installed, else the standard library)")
 
 
-def encode(value: Any) -> bytes:
-    """``json.dumps(value)`` as bytes (ASCII), with the encoder in use."""
-    return dumps(value).encode()
+def dumps(value: Any) -> str:
+    """``json.dumps(value)`` (but ``allow_nan=False``) with the encoder in use."""
+    return _dumps(value)
+
 
 
 def join(bodies: Sequence[bytes]) -> bytes:

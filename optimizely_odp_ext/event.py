@@ -53,6 +53,8 @@ _LONE_SURROGATE = "[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc0
 """A surrogate not paired as UTF-16; compiled on first use (by ``re``'s cache), not at import."""
 
 _NO_DATA: Mapping[str, Scalar] = MappingProxyType({})
+_STR_TYPE = frozenset((str,))
+_PLAIN_TYPES = frozenset((str, int, float, bool, type(None)))
 _DEFAULT_DATA_KEYS = frozenset(("idempotence_id", "data_source_type", "data_source", "data_source_version"))
 _HEAD = '{"type": %s, "action": %s, "identifiers": %s, "data": {"idempotence_id": "'
 _DEFAULT_DATA_TAIL = ('", "data_source_type": "sdk", "data_source": "python-sdk", "data_source_version": '
@@ -104,7 +106,9 @@ class OdpEvent:
 
     Thread-safe to read; its fields are not changed after construction except
     ``integration`` (set once when an event held before the datafile was ready is
-    released) and the idempotence id cached by :meth:`to_json`.
+    released) and the idempotence id cached by :meth:`to_json`. An event :func:`build_event`
+    made also keeps its JSON before and after the idempotence id (``_wire``), so
+    :meth:`wire_json` only joins them around a new id.
     """
 
     __slots__ = ("_json", "_wire", "accepted_at", "action", "data", "identifiers", "integration", "type")
@@ -126,7 +130,6 @@ class OdpEvent:
         self.accepted_at = time.monotonic() if accepted_at is None else accepted_at
         self._json: bytes | None = None
         self._wire: tuple[bytes, bytes] | None = None
-        """The event's JSON before and after its idempotence id, when :func:`build_event` made it."""
 
     def wire_data(self) -> OdpData:
         """The ``data`` object as sent: the default data, then the caller's on top."""
@@ -139,8 +142,8 @@ class OdpEvent:
     def wire_json(self) -> bytes:
         """The event's JSON with a new idempotence id: ``json.dumps`` of :meth:`to_dict`, as bytes."""
         wire = self._wire
-        if wire is None:
-            return encoding.encode(self.to_dict())
+        if wire is None:  # built another way, or the caller's data sets a default key
+            return encoding.stdlib_dumps(self.to_dict()).encode()
         return b"".join((wire[0], new_idempotence_id().encode(), wire[1]))
 
     def to_json(self) -> bytes:
@@ -182,7 +185,7 @@ def _wire_parts(type: str, action: str, identifiers: dict[str, Any], data_json: 
     bytes of ``json.dumps(wire_dict(...))`` when the caller's data has none of the default keys."""
     try:
         identifiers_json = encoding.stdlib_dumps(identifiers)  # a few keys: see FAST_FROM_KEYS
-    except (TypeError, ValueError, OverflowError) as error:  # validated: only a bug gets here
+    except (TypeError, ValueError, OverflowError, RecursionError) as error:  # checked: only a bug gets here
         raise InvalidEventError(DiscardReason.INVALID_IDENTIFIERS,
                                 f"ODP identifiers are not valid (they cannot be encoded as JSON: {error}).") from None
     head = _HEAD % (_json_string(type), _json_string(action), identifiers_json)
@@ -217,8 +220,9 @@ def _copy_identifiers(identifiers: object) -> dict[str, Any]:
                                 f"{INVALID_IDENTIFIERS_EMPTY} (identifiers must be a dict, not {_kind(identifiers)})")
     if not identifiers:
         raise InvalidEventError(DiscardReason.INVALID_IDENTIFIERS, INVALID_IDENTIFIERS_EMPTY)
+    copy = dict(identifiers)  # checked and kept: what is sent is what was checked
     user_id_alias: str | None = None
-    for key, value in identifiers.items():  # the common case (ASCII strings) costs two type checks
+    for key, value in copy.items():  # the common case (ASCII strings) costs two type checks
         if key.__class__ is not str or not key.isascii():
             _check_identifier_key(key)
         if value.__class__ is str:
@@ -231,7 +235,6 @@ def _copy_identifiers(identifiers: object) -> dict[str, Any]:
             _check_identifier_value(key, value)
         if user_id_alias is None and len(key) == _ALIAS_LENGTH and key.lower() in _USER_ID_ALIASES:
             user_id_alias = key
-    copy = dict(identifiers)
     if user_id_alias is not None and user_id_alias != USER_ID_KEY:
         # The same rename as optimizely-sdk 5.x (the first alias becomes fs_user_id), on our copy.
         copy[USER_ID_KEY] = copy.pop(user_id_alias)
@@ -265,19 +268,42 @@ def _copy_data(data: object) -> tuple[OdpData | None, str]:
     if not data:
         return None, ""
     copy = dict(data)  # encoded and kept: what is sent is what was checked
+    text = _plain_json(copy)
+    if text:
+        return copy, text
+    _check_data(copy)  # names what cannot be sent; else the encoder only found it suspicious
     try:
-        "".join(copy)  # every key a string: ujson would write any other key as its str()
-        text = (encoding.dumps if len(copy) >= encoding.FAST_FROM_KEYS else encoding.stdlib_dumps)(copy)
-    except (TypeError, ValueError, OverflowError, RecursionError):  # not JSON, NaN, an infinity, a huge int
-        text = ""
-    if text and "[" not in text and text.find("{", 1) < 0 and ("\\" not in text or "\\ud" not in text):
-        return copy, text  # only scalars (no nested list or object), no surrogate escaped
-    _check_data(copy)  # names what cannot be sent; else the output above only looked suspicious
-    try:
-        return copy, text or encoding.dumps(copy)
+        return copy, encoding.stdlib_dumps(copy)
     except (TypeError, ValueError, OverflowError, RecursionError) as error:  # checked: only a bug gets here
         raise InvalidEventError(DiscardReason.INVALID_DATA,
                                 f"{INVALID_DATA} It cannot be encoded as JSON ({error}).") from None
+
+
+def _plain_json(data: dict[Any, Any]) -> str:
+    """``data``'s JSON when encoding it shows that it holds only what can be sent, else "" (to be
+    examined value by value).
+
+    The standard library's encoder refuses NaN, the infinities, integers too long to print, keys
+    that are not scalars and any value JSON cannot encode, without calling anything of the
+    value's (dict subclasses aside: their ``items()``, hence the broad ``except``). Its output
+    then shows the rest: no ``[`` and no ``{`` past the first means no nested list or object, no
+    ``\\ud`` escape means no lone surrogate. ujson honours more (``Decimal``, ``__json__``,
+    ``toDict``) and writes any key as its ``str()``, so it only encodes data whose keys are all
+    ``str`` and values all plain ``str``, ``int``, ``float``, ``bool`` or ``None``.
+    """
+    try:
+        if (len(data) >= encoding.FAST_FROM_KEYS and _STR_TYPE.issuperset(map(type, data))
+                and _PLAIN_TYPES.issuperset(map(type, data.values()))):
+            text = encoding.dumps(data)
+        else:
+            text = encoding.stdlib_dumps(data)
+    except Exception:  # whatever the reason, the value-by-value check names it
+        return ""
+    if "[" in text or text.find("{", 1) >= 0:
+        return ""
+    if "\\" in text and "\\ud" in text:  # a one-character search first: it is much faster
+        return ""
+    return text
 
 
 def _check_data(data: dict[Any, Any]) -> None:
@@ -353,10 +379,10 @@ def _has_lone_surrogate(text: str) -> bool:
     """True when ``text`` has a surrogate code point not paired as UTF-16 (JSON's ``\\ud800``
     alone is rejected by strict parsers). Only non-ASCII text is looked at, and only text
     that UTF-8 refuses is searched."""
-    if text.isascii():
+    if str.isascii(text):  # str's own methods: a subclass may override them
         return False
     try:
-        text.encode("utf-8")
+        str.encode(text, "utf-8")
     except UnicodeEncodeError:
         return re.search(_LONE_SURROGATE, text) is not None
     return False

@@ -39,8 +39,8 @@ EVENTS = [random_event(random.Random(seed)) for seed in range(3000)]
 
 def test_an_event_is_json_dumps_of_it_and_a_batch_is_json_dumps_of_the_list() -> None:
     for event in EVENTS[:200]:
-        assert encoding.encode(event) == json.dumps(event).encode()
-    assert encoding.join([encoding.encode(event) for event in EVENTS]) == json.dumps(EVENTS).encode()
+        assert encoding.dumps(event).encode() == json.dumps(event).encode()
+    assert encoding.join([encoding.dumps(event).encode() for event in EVENTS]) == json.dumps(EVENTS).encode()
 
 
 def test_the_standard_librarys_encoder_built_once_writes_what_json_dumps_writes() -> None:

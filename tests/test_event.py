@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import decimal
+import enum
 import importlib.util
 import json
 import random
@@ -96,28 +98,54 @@ class _Key(str):
     """A string subclass, as an enum of keys would be."""
 
 
+class _Number(int):
+    def __str__(self) -> str:
+        return "not the number"
+
+
+class _Color(enum.IntEnum):
+    RED = 1
+
+
+class _WithJson:
+    def __json__(self) -> str:  # ujson would paste this into its output
+        return '1, "data_source": "injected"'
+
+
+class _WithToDict:
+    def toDict(self) -> dict[str, int]:  # ujson's hook name
+        raise KeyError("toDict")
+
+
+class _BadItems(dict):  # type: ignore[type-arg]
+    def items(self) -> Any:
+        raise KeyError("items")
+
+
 def _random_value(rng: random.Random) -> Any:
-    kind = rng.randrange(14)
+    kind = rng.randrange(16)
     if kind == 0:
         return rng.choice([float("nan"), float("inf"), -float("inf")])
     if kind == 1:
-        return rng.choice([10**5000, 2**70, -(10**40), True, None])
+        return rng.choice([10**5000, 2**70, -(10**40), True, None, _Number(5), _Color.RED])
     if kind == 2:
-        return rng.choice([[1, 2], {"a": 1}, (1,), object(), b"x", {1, 2}])
+        return rng.choice([[1, 2], {"a": 1}, (1,), object(), b"x", {1, 2}, _BadItems(a=1)])
     if kind == 3:
         return rng.choice([1e-7, 2.5e-5, 1e22, -0.0, 0.1, 5e-324])
     if kind == 4:
-        return _Key("sub")
+        return rng.choice([_Key("sub"), decimal.Decimal("0.1000000000000000000001"), _WithJson(), _WithToDict()])
     alphabet = [rng.randrange(0x20, 0x80), rng.randrange(0x80, 0xD800), rng.randrange(0xD800, 0xE000),
                 rng.randrange(0xE000, 0x110000), ord("["), ord("{"), ord("\\"), ord('"'), 0x7F]
     return "".join(chr(rng.choice(alphabet)) for _ in range(rng.randrange(0, 6)))
 
 
 def _random_data(rng: random.Random, valid_only: bool) -> dict[Any, Any]:
-    data: dict[Any, Any] = {}
+    """Up to 6 random keys and values, half the time after 10 plain ones (so ujson, when
+    installed, encodes them: see encoding.FAST_FROM_KEYS)."""
+    data: dict[Any, Any] = {f"plain{i}": i for i in range(10)} if rng.random() < 0.5 else {}
     for i in range(rng.randrange(0, 7)):
         key: Any = rng.choice([f"k{i}", f"k{i}\ud800", f"k{i}é", _Key(f"s{i}"), i, 1.5, None, (i,),
-                               "idempotence_id", "data_source"])
+                               _Number(i + 100), _Color.RED, "idempotence_id", "data_source"])
         data[key] = _random_value(rng)
     if valid_only:
         for key in list(data):
@@ -134,15 +162,16 @@ def encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
         fast = encoding._load_ujson() if importlib.util.find_spec("ujson") else None
         if fast is None:
             pytest.skip("the [fast] extra is not installed")
-        monkeypatch.setattr(encoding, "dumps", fast)
+        monkeypatch.setattr(encoding, "_dumps", fast)
     else:
-        monkeypatch.setattr(encoding, "dumps", encoding.stdlib_dumps)
+        monkeypatch.setattr(encoding, "_dumps", encoding.stdlib_dumps)
     return str(request.param)
 
 
 def test_data_is_refused_exactly_when_a_value_by_value_check_refuses_it(encoder: str) -> None:
     """Plain data is checked by encoding it; the verdict and its message are the ones the
-    value-by-value check gives, for every mix of valid and invalid keys and values."""
+    value-by-value check gives, for every mix of valid and invalid keys and values (ujson's
+    hooks included: Decimal, __json__, toDict)."""
     for seed in range(3000):
         data = _random_data(random.Random(seed), valid_only=False)
         try:
