@@ -392,7 +392,9 @@ class RedisStreamSpool:
             acknowledged), ``unread`` (not yet claimed by anyone; None when Redis cannot tell),
             ``consumers``, ``consumers_holding`` (consumers with pending entries),
             ``oldest_event_age`` and ``oldest_pending_age`` (seconds since the append, by Redis's
-            clock; None when there is none), ``held`` (entries this process holds),
+            clock; None when there is none), ``oldest_accepted_at`` (the oldest entry's
+            ``time.time()`` when it was accepted, as the SQLite spool reports it; None when there
+            is none), ``held`` (entries this process holds),
             ``unacknowledged`` (delivered, their ack to be tried again), and
             counters: ``claimed_from_others``, ``unreadable``, ``deleted_while_pending``,
             ``newer_format`` (sightings: such an entry is seen again each time it comes back),
@@ -411,7 +413,7 @@ class RedisStreamSpool:
 
         figures: dict[str, Any] = {"events": None, "pending": None, "unread": None, "consumers": None,
                                    "consumers_holding": None, "oldest_event_age": None,
-                                   "oldest_pending_age": None}
+                                   "oldest_accepted_at": None, "oldest_pending_age": None}
         with contextlib.suppress(SpoolError):
             replies = self._call("stats", run)
             for reply in replies[:3]:
@@ -434,7 +436,10 @@ class RedisStreamSpool:
         figures: dict[str, Any] = {"events": int(length), "pending": 0, "unread": int(length),
                                    "consumers": 0, "consumers_holding": 0}
         if first and not isinstance(first, Exception):
-            figures["oldest_event_age"] = max(0.0, (now_ms - _id_key(_text(first[0][0]))[0]) / 1000)
+            entry_id, fields = first[0]
+            figures["oldest_event_age"] = max(0.0, (now_ms - _id_key(_text(entry_id))[0]) / 1000)
+            with contextlib.suppress(KeyError, TypeError, ValueError):  # an entry of another format
+                figures["oldest_accepted_at"] = float(fields[b"accepted_at"])
         ours = [] if isinstance(groups, Exception) else [g for g in groups if _text(g["name"]) == self.group]
         if ours:
             lag = ours[0].get("lag")

@@ -269,6 +269,7 @@ def test_stats_describe_the_stream_cheaply(make_redis_spool: SpoolFactory) -> No
     empty = spool.stats()
     assert (empty["kind"], empty["state"], empty["events"], empty["pending"]) == ("redis", "ok", 0, 0)
     assert empty["oldest_event_age"] is None and empty["oldest_pending_age"] is None
+    assert empty["oldest_accepted_at"] is None
     spool.append([record(i) for i in range(10)])
     spool.claim(3)
     stats = spool.stats()
@@ -276,6 +277,7 @@ def test_stats_describe_the_stream_cheaply(make_redis_spool: SpoolFactory) -> No
     assert {k: stats[k] for k in ("events", "pending", "unread", "consumers", "consumers_holding", "held")} == {
         "events": 10, "pending": 3, "unread": 7, "consumers": 1, "consumers_holding": 1, "held": 3}
     assert 0 <= stats["oldest_pending_age"] < 60 and 0 <= stats["oldest_event_age"] < 60
+    assert stats["oldest_accepted_at"] == record(0).accepted_at  # as the SQLite spool reports it
     assert stats["last_error"] is None and stats["consumer"] == spool.consumer
 
 
