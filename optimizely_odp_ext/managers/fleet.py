@@ -136,14 +136,15 @@ class FleetJobs(ManagerState):
         """Append accepted events to the shared spool (no lock); kept for another try when the
         store fails, so a retry stores the same bytes (same idempotence ids)."""
         assert self._link is not None
-        started = time.monotonic()
-        offset = time.time() - started
+        cpu_started = time.thread_time()
+        offset = time.time() - time.monotonic()
         records = [SpoolRecord(integration.host, integration.api_key, item[BODY], item[ACCEPTED_AT] + offset)
                    for integration, item in items]
         ids = self._link.append(records) if records else []
+        work = time.thread_time() - cpu_started
         with self._lock:
             if ids is not None:  # a failed append's time is its timeout, not work
-                self._fleet_work += ((time.monotonic() - started) / len(items) - self._fleet_work) * 0.25
+                self._fleet_work += (work / len(items) - self._fleet_work) * 0.25
             self._store_in_progress = []
             if ids is None:
                 self._to_store[:0] = items
@@ -174,7 +175,7 @@ class FleetJobs(ManagerState):
     def _claim_from_fleet(self, limit: int) -> None:
         """Take events to deliver from the shared spool (no lock), then queue them."""
         assert self._link is not None
-        started = time.monotonic()
+        cpu_started = time.thread_time()
         try:
             claimed = self._link.claim(limit)
         except BaseException:
@@ -182,13 +183,14 @@ class FleetJobs(ManagerState):
                 self._claiming = False
             raise
         groups = group_claimed(claimed)
+        work = time.thread_time() - cpu_started
         with self._lock:
             # The claim ends with its events queued, in one step: close() waits for a claim under
             # way and hands back what it placed; in between they would be neither.
             self._claiming = False
             now = time.monotonic()
             if claimed:
-                self._fleet_work += ((now - started) / len(claimed) - self._fleet_work) * 0.25
+                self._fleet_work += (work / len(claimed) - self._fleet_work) * 0.25
             self._claimed += len(claimed)
             self._place(groups)
             if len(claimed) >= limit:

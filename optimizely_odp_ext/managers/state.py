@@ -86,8 +86,9 @@ class ManagerState:
         self._encode_time = 0.0
         """Mean time making a batch of cut events took lately (small: its body is joined when sent)."""
         self._fleet_work = 0.0
-        """In a fleet: mean time appending or claiming took lately, per event (a worker's own
-        work besides cutting batches, which more workers would do at the same time)."""
+        """In a fleet: mean CPU time of the worker's thread appending or claiming took lately, per
+        event (its own work besides cutting batches, which more workers would do at the same time
+        and take turns at the GIL for; waiting for Redis is not work: another worker may run)."""
         self._flushing = 0
         self._stopping = False
         self._finished = False
