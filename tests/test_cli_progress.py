@@ -20,6 +20,7 @@ from test_cli_support import COMMAND, KEY, clean_environment, wire_event
 
 from optimizely_odp_ext.spool import SpoolRecord, SqliteSpool
 from optimizely_odp_ext.testing import OdpCollector
+from optimizely_odp_ext.testing.redis_server import RedisServer
 
 WITHOUT_TQDM = [sys.executable, "-c", "import sys; sys.modules['tqdm'] = None; "
                 "from optimizely_odp_ext.cli import main; sys.exit(main(sys.argv[1:]))"]
@@ -100,6 +101,23 @@ def test_spool_replay_on_a_terminal_shows_the_same_bar(tmp_path: Path) -> None:
         code, out, shown = run_on_a_terminal([*COMMAND, "spool", "replay", str(path), "--batch-size", "100"])
 
     assert code == 0, shown
+    assert "1,500 delivered" in out
+    final = shown.replace("\r\n", "\n").split("\r")[-1]
+    assert "replay: 100%|" in final and "1500/1500" in final and "delivered=1,500, failed=0" in final
+
+
+def test_spool_replay_of_a_redis_stream_on_a_terminal_shows_the_same_bar(redis_server: RedisServer) -> None:
+    pytest.importorskip("tqdm")
+    from optimizely_odp_ext.spool.redis_streams import RedisStreamSpool
+
+    with OdpCollector(api_key=KEY) as collector:
+        with RedisStreamSpool(redis_server.url) as spool:
+            spool.append([SpoolRecord(collector.url, KEY, wire_event(i), time.time()) for i in range(1500)])
+        code, out, shown = run_on_a_terminal([*COMMAND, "spool", "replay", redis_server.url, "--batch-size", "100"])
+        delivered = collector.event_count()
+
+    assert code == 0, shown
+    assert delivered == 1500
     assert "1,500 delivered" in out
     final = shown.replace("\r\n", "\n").split("\r")[-1]
     assert "replay: 100%|" in final and "1500/1500" in final and "delivered=1,500, failed=0" in final

@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from optimizely_odp_ext.cli.common import (
@@ -41,6 +40,7 @@ from optimizely_odp_ext.cli.common import (
     positive_float,
     positive_int,
 )
+from optimizely_odp_ext.cli.progress import Progress
 from optimizely_odp_ext.cli.relay import fatal_error, make_logger, say, stream_figures
 from optimizely_odp_ext.integration import mask_key
 from optimizely_odp_ext.settings import SETTINGS_BY_NAME, SettingError
@@ -263,13 +263,15 @@ def run_replay(args: argparse.Namespace) -> int:
     except SettingError as error:
         spool.close()
         raise CliError(str(error), EXIT_USAGE) from None
-    interval = getattr(args, "progress_interval", None) or DEFAULT_PROGRESS_INTERVAL
+    interval = getattr(args, "progress_interval", None)
+    interval = DEFAULT_PROGRESS_INTERVAL if interval is None else interval  # 0: a line at every update
     say(f"replay: {plural(total, 'event')} in {_where(spool)}; delivering every entry up to {target}")
     manager.start(logger=make_logger(bool(getattr(args, "verbose", False))), notification_center=None,
                   integration=None)
     done, problem, interrupted = False, "", False
+    progress = Progress("replay", total, interval=interval)  # a bar on a terminal (the [progress] extra)
+    give_up = _GiveUpRule()
     with StopRequest() as stopping:
-        progress = _ReplayProgress(interval)
         while not stopping.requested.is_set():
             try:
                 done = spool.delivered_up_to(target)
@@ -279,14 +281,16 @@ def run_replay(args: argparse.Namespace) -> int:
                 problem = str(error)
                 break
             stats = manager.stats()
-            problem = fatal_error(stats) or progress.stuck(stats)
+            _show(progress, stats)
+            problem = fatal_error(stats) or give_up.stuck(stats)
             if done or problem:
                 break
-            progress.tick(stats)
             stopping.requested.wait(REPLAY_POLL)
         interrupted = stopping.requested.is_set() and not done
         manager.close(CLOSE_TIMEOUT)
     stats = manager.stats()
+    _show(progress, stats)
+    progress.close()
     rejected = int((stats.get("dropped") or {}).get("rejected", 0))
     others = int(stats.get("dropped_total", 0)) - rejected
     try:
@@ -311,21 +315,20 @@ def _check_left(args: argparse.Namespace) -> str:
     return "?" if events is None else f"{events:,}"
 
 
-class _ReplayProgress:
-    """A plain progress line every ``interval`` seconds, and the rule for giving up on ODP."""
+def _show(progress: Progress, stats: dict[str, Any]) -> None:
+    """Bring the display up to the manager's counters: delivered, and given up (refused by ODP)."""
+    progress.advance(delivered=int(stats["delivered"]) - progress.delivered,
+                     failed=int(stats["dropped_total"]) - progress.failed)
+    retries = int(stats.get("retries", 0))
+    progress.set_status((f"{retries:,} retries | " if retries else "") + stream_figures(stats.get("spool") or {}))
 
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self._next = time.monotonic() + interval
+
+class _GiveUpRule:
+    """When replay gives up on ODP: after too many failed requests in a row."""
+
+    def __init__(self) -> None:
         self._delivered = 0
         self._retries_then = 0
-
-    def tick(self, stats: dict[str, Any]) -> None:
-        now = time.monotonic()
-        if now >= self._next:
-            self._next = now + self.interval
-            say(f"replay: {stats['delivered']:,} delivered, {stats.get('retries', 0):,} retries | "
-                f"{stream_figures(stats.get('spool') or {})}")
 
     def stuck(self, stats: dict[str, Any]) -> str:
         """Why replay should give up ("" if it should not): failed requests in a row."""
