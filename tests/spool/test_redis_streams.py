@@ -163,9 +163,12 @@ def test_two_consumers_never_get_the_same_new_entry(make_redis_spool: SpoolFacto
     appended = producer.append([record(i) for i in range(1000)])
     spools = [make_redis_spool(), make_redis_spool()]
     got: list[list[str]] = [[], []]
+    both_claimed = threading.Barrier(2)
 
     def drain(n: int) -> None:
-        while batch := spools[n].claim(7):
+        got[n] += ids(spools[n].claim(7))
+        both_claimed.wait(10)  # each has a share before they race for the rest (a busy machine
+        while batch := spools[n].claim(7):  # could otherwise start one thread after the other drained)
             got[n] += ids(batch)
 
     threads = [threading.Thread(target=drain, args=(n,)) for n in (0, 1)]
