@@ -133,6 +133,13 @@ def dumps(value: Any) -> str:
     return _dumps(value)
 
 
+def fast_dumps() -> Dumps | None:
+    """ujson's encoder when it is the one in use (held to ``json.dumps``'s bytes), else None."""
+    if _dumps is _first_dumps:
+        _choose()
+    return None if _dumps is stdlib_dumps else _dumps
+
+
 
 def join(bodies: Sequence[bytes]) -> bytes:
     """The body of a list of already encoded values: ``json.dumps`` of the list, as bytes."""

@@ -295,10 +295,10 @@ def _plain_json(data: dict[Any, Any]) -> str:
     ``toDict``) and writes any key as its ``str()``, so it only encodes data whose keys are all
     ``str`` and values all plain ``str``, ``int``, ``float``, ``bool`` or ``None``.
     """
+    fast = encoding.fast_dumps() if len(data) >= encoding.FAST_FROM_KEYS else None
     try:
-        if (len(data) >= encoding.FAST_FROM_KEYS and _STR_TYPE.issuperset(map(type, data))
-                and _PLAIN_TYPES.issuperset(map(type, data.values()))):
-            text = encoding.dumps(data)
+        if fast and _STR_TYPE.issuperset(map(type, data)) and _PLAIN_TYPES.issuperset(map(type, data.values())):
+            text = fast(data)
         else:
             text = encoding.stdlib_dumps(data)
     except Exception:  # whatever the reason, the value-by-value check names it
