@@ -65,10 +65,10 @@ def _make_stdlib_dumps() -> Dumps:
 
 
 stdlib_dumps = _make_stdlib_dumps()
-"""The standard library's encoder (:data:`dumps` may be ujson's): the cheaper of the two for a
+"""The standard library's encoder (:func:`dumps` may use ujson's): the cheaper of the two for a
 small object, as ujson's call itself costs more than encoding a few keys."""
 FAST_FROM_KEYS = 10
-"""From this many keys on, an object is encoded with :data:`dumps` (ujson when installed): below,
+"""From this many keys on, an object is encoded with :func:`fast_dumps` (ujson when installed): below,
 with :data:`stdlib_dumps` (measured on this package's benchmark events: ujson is faster from about
 10 keys, and slower below)."""
 
@@ -92,30 +92,26 @@ def _load_ujson() -> Dumps | None:
     return fast_dumps
 
 
-def _choose() -> Dumps:
-    """The encoder, chosen on first use (importing ujson waits until something is encoded)."""
-    global _dumps, ENCODER
-    fast = _load_ujson()
-    if fast is not None:
-        ENCODER = "ujson"
-    _dumps = fast or stdlib_dumps
-    return _dumps
-
-
-def _first_dumps(value: Any) -> str:
-    return _choose()(value)
-
-
-_dumps: Dumps = _first_dumps
+_NOT_CHOSEN: Any = object()
+_fast: Dumps | None = _NOT_CHOSEN
 ENCODER: str = "json"
-"""The encoder in use once something was encoded (:func:`encoder_name` tells at any time):
+"""The encoder in use once it was chosen (:func:`encoder_name` tells at any time):
 ``"ujson"`` (the ``[fast]`` extra) or ``"json"`` (the standard library)."""
+
+
+def fast_dumps() -> Dumps | None:
+    """ujson's encoder when it is the one in use (held to ``json.dumps``'s bytes), else None.
+    Chosen on first use: importing ujson waits until something is encoded."""
+    global _fast, ENCODER
+    if _fast is _NOT_CHOSEN:
+        _fast = _load_ujson()
+        ENCODER = "json" if _fast is None else "ujson"
+    return _fast
 
 
 def encoder_name() -> str:
     """The encoder this process uses: ``"ujson"`` or ``"json"``."""
-    if _dumps is _first_dumps:
-        _choose()
+    fast_dumps()
     return ENCODER
 
 
@@ -130,15 +126,7 @@ def variable_problem() -> str | None:
 
 def dumps(value: Any) -> str:
     """``json.dumps(value)`` (but ``allow_nan=False``) with the encoder in use."""
-    return _dumps(value)
-
-
-def fast_dumps() -> Dumps | None:
-    """ujson's encoder when it is the one in use (held to ``json.dumps``'s bytes), else None."""
-    if _dumps is _first_dumps:
-        _choose()
-    return None if _dumps is stdlib_dumps else _dumps
-
+    return (fast_dumps() or stdlib_dumps)(value)
 
 
 def join(bodies: Sequence[bytes]) -> bytes:

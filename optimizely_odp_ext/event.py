@@ -55,10 +55,15 @@ _LONE_SURROGATE = "[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc0
 _NO_DATA: Mapping[str, Scalar] = MappingProxyType({})
 _STR_TYPE = frozenset((str,))
 _PLAIN_TYPES = frozenset((str, int, float, bool, type(None)))
-_DEFAULT_DATA_KEYS = frozenset(("idempotence_id", "data_source_type", "data_source", "data_source_version"))
+_DEFAULT_DATA: Mapping[str, str] = MappingProxyType(
+    {"data_source_type": "sdk", "data_source": "python-sdk", "data_source_version": SDK_VERSION})
+"""The default data after the idempotence id, as the official client sends it."""
+_DEFAULT_DATA_KEYS = frozenset(("idempotence_id", *_DEFAULT_DATA))
 _HEAD = '{"type": %s, "action": %s, "identifiers": %s, "data": {"idempotence_id": "'
-_DEFAULT_DATA_AFTER_ID = ('", "data_source_type": "sdk", "data_source": "python-sdk", "data_source_version": '
-                      + json.dumps(SDK_VERSION))
+_AFTER_ID = '", ' + json.dumps(dict(_DEFAULT_DATA))[1:-1]
+_AFTER_ID_NO_DATA = _AFTER_ID + "}"
+_AFTER_ID_THEN_DATA = _AFTER_ID + ", "
+"""Replaces the ``{`` of the caller's data's JSON: the default data, then the caller's keys."""
 _json_string = json.encoder.encode_basestring_ascii
 
 INVALID_ACTION_EMPTY = "ODP action is not valid (cannot be empty)."
@@ -82,8 +87,7 @@ def new_idempotence_id() -> str:
 def wire_data(data: OdpData | None) -> OdpData:
     """The ``data`` object as the official client sends it: the default data (a new
     idempotence id each call), then the caller's on top (same keys keep their place)."""
-    return {"idempotence_id": new_idempotence_id(), "data_source_type": "sdk", "data_source": "python-sdk",
-            "data_source_version": SDK_VERSION, **(data or _NO_DATA)}
+    return {"idempotence_id": new_idempotence_id(), **_DEFAULT_DATA, **(data or _NO_DATA)}
 
 
 def wire_dict(type: str, action: str, identifiers: dict[str, Any], data: OdpData | None) -> dict[str, Any]:
@@ -192,8 +196,7 @@ def _wire_parts(type: str, action: str, identifiers: dict[str, Any], data_json: 
     # The data object after the id: the default data's rest, then the caller's keys in place of
     # their "{", in one copy (with 20 KB events and ujson, slicing and concatenating instead made
     # four, and the allocator's fragments took RSS at the bytes cap to 1.53x max_queue_bytes).
-    after_id = _DEFAULT_DATA_AFTER_ID
-    data_object = data_json.replace("{", after_id + ", ", 1) if data_json else after_id + "}"
+    data_object = data_json.replace("{", _AFTER_ID_THEN_DATA, 1) if data_json else _AFTER_ID_NO_DATA
     return head.encode(), data_object.encode()
 
 

@@ -162,9 +162,9 @@ def encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
         fast = encoding._load_ujson() if importlib.util.find_spec("ujson") else None
         if fast is None:
             pytest.skip("the [fast] extra is not installed")
-        monkeypatch.setattr(encoding, "_dumps", fast)
+        monkeypatch.setattr(encoding, "_fast", fast)
     else:
-        monkeypatch.setattr(encoding, "_dumps", encoding.stdlib_dumps)
+        monkeypatch.setattr(encoding, "_fast", None)
     return str(request.param)
 
 
