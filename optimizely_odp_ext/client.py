@@ -7,7 +7,7 @@ import itertools
 import threading
 import time
 from collections import Counter, deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from optimizely import logger as sdk_logging
 from optimizely.helpers import enums
@@ -18,11 +18,13 @@ from optimizely_odp_ext.event import DEFAULT_EVENT_TYPE, InvalidEventError, OdpE
 from optimizely_odp_ext.integration import IntegrationEntry, IntegrationState, OdpIntegration, mask_key
 from optimizely_odp_ext.logs import LogRateLimiter, count_value
 from optimizely_odp_ext.managers.base import DEFAULT_FLUSH_TIMEOUT, EventManager
-from optimizely_odp_ext.managers.batch import BatchEventManager
 from optimizely_odp_ext.notifications import OdpNotificationCenter
 from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
 from optimizely_odp_ext.sdk_adapter import OfficialEventManagerBridge, SdkEventManagerAdapter
-from optimizely_odp_ext.settings import SettingError, odp_disabled_by_environment
+from optimizely_odp_ext.settings import ManagerSettings, SettingError, odp_disabled_by_environment
+
+if TYPE_CHECKING:
+    from optimizely_odp_ext.managers.batch import BatchEventManager
 
 HELD_CAPACITY = 10_000
 """Events held while the datafile is not there yet; beyond it, sdkNotReady."""
@@ -55,6 +57,9 @@ class OdpOptimizely(Optimizely):
             :class:`BatchEventManager` configured from ``OptimizelySdkSettings`` (5.x:
             ``odp_event_flush_interval``, ``odp_event_request_timeout``), then the
             ``OPTIMIZELY_ODP_*`` variables. Wins over ``OptimizelySdkSettings(odp_event_manager=...)``.
+            Without a spool the default manager is built on first use (the first event sent,
+            ``odp_stats()`` or reading ``odp_event_manager``): construction checks its settings
+            and loads none of its code.
         odp_disabled: switch ODP off (as do ``OPTIMIZELY_ODP_DISABLED=1`` and, on
             optimizely-sdk 5.x, ``OptimizelySdkSettings(odp_disabled=True)``; any one suffices).
 
@@ -88,7 +93,11 @@ class OdpOptimizely(Optimizely):
 
         sdk = compat.sdk_odp_settings(arguments.get("settings"))
         self.odp_enabled = not (odp_disabled or odp_disabled_by_environment() or sdk.disabled)
-        self.odp_event_manager: EventManager | None = None
+        self._manager: EventManager | None = None
+        self._unbuilt: ManagerSettings | None = None
+        """The default manager's settings until it is built (see :attr:`odp_event_manager`)."""
+        self._build_closed = False
+        """close() found the default manager unbuilt: one built later is closed at once."""
         base_manager: Any = None  # what the 5.x base client's OdpManager gets (None: the caller's own)
         if odp_event_manager is not None:
             if sdk.event_manager is not None:
@@ -99,11 +108,13 @@ class OdpOptimizely(Optimizely):
                                      "do not apply to the odp_event_manager given to OdpOptimizely.")
         if self.odp_enabled:
             if odp_event_manager is not None:
-                self.odp_event_manager = odp_event_manager
+                self._manager = odp_event_manager
             elif sdk.event_manager is not None:
-                self.odp_event_manager = OfficialEventManagerBridge(sdk.event_manager)
+                self._manager = OfficialEventManagerBridge(sdk.event_manager)
             else:
-                self.odp_event_manager = _default_manager(sdk, startup_notes)
+                self._unbuilt = _default_settings(sdk, startup_notes)
+                if self._unbuilt.spool_path or self._unbuilt.spool_url:  # its backlog is delivered from now
+                    self._manager, self._unbuilt = _build_default(self._unbuilt), None
         if odp_event_manager is not None or sdk.event_manager is None:
             base_manager = SdkEventManagerAdapter(self)
         if arguments.get("notification_center") is None:
@@ -128,12 +139,48 @@ class OdpOptimizely(Optimizely):
         config_center.add_notification_listener(
             enums.NotificationTypes.OPTIMIZELY_CONFIG_UPDATE, self._on_datafile_update
         )
-        assert self.odp_event_manager is not None
         known = self._read_integration_or_log()
-        self.odp_event_manager.start(logger=self.logger, notification_center=self.notification_center,
-                                     integration=known[1].integration if known else None)
+        if self._manager is not None:
+            self._manager.start(logger=self.logger, notification_center=self.notification_center,
+                                integration=known[1].integration if known else None)
         if known:
             self._apply_integration(*known)
+
+    # -- the event manager ---------------------------------------------------------------------
+    @property
+    def odp_event_manager(self) -> EventManager | None:
+        """What delivers this client's ODP events; None when ODP is off. The default manager
+        without a spool is built here on first use, started with the SDK's logger and
+        notification center and the current integration. Thread-safe."""
+        manager = self._manager
+        if manager is None and self._unbuilt is not None:
+            return self._build_manager()
+        return manager
+
+    def _build_manager(self) -> EventManager:
+        """Build and start the default manager, then keep it unless another thread kept one
+        first. Under the lock only attributes change: loading the manager's code, or its logger,
+        may switch green threads, and a lock made before monkey-patching (``gunicorn --preload``)
+        does not keep other green threads out of a block that switches."""
+        settings = self._unbuilt
+        if settings is not None:
+            seen = state, integration = self._odp
+            built = _build_default(settings)
+            built.start(logger=self.logger, notification_center=self.notification_center, integration=integration)
+            if state is not IntegrationState.UNDETERMINED:
+                built.integration_changed(integration)
+            with self._odp_lock:
+                kept = self._manager is None
+                if kept:
+                    self._manager, self._unbuilt = built, None
+                now, closed = self._odp, self._build_closed
+            if not kept or closed:  # another one was kept (this one got no event), or asked for after close()
+                built.close(0)
+            elif now != seen:  # the datafile changed meanwhile: _apply_integration saw no manager
+                built.integration_changed(now[1])
+        manager = self._manager
+        assert manager is not None
+        return manager
 
     # -- the ODP integration -----------------------------------------------------------------
     @property
@@ -163,7 +210,7 @@ class OdpOptimizely(Optimizely):
 
     def _on_datafile_update(self) -> None:
         """OPTIMIZELY_CONFIG_UPDATE: pick up an integration added, changed or removed."""
-        if isinstance(self.odp_event_manager, OfficialEventManagerBridge):
+        if isinstance(self._manager, OfficialEventManagerBridge):
             try:  # the caller's manager must know the new config before held events reach it
                 compat.sync_base_odp_config(self)
             except Exception as error:
@@ -177,18 +224,18 @@ class OdpOptimizely(Optimizely):
         if state is IntegrationState.UNDETERMINED:
             return
         integration = entry.integration
-        manager = self.odp_event_manager
-        assert manager is not None
         with self._odp_lock:
             if self._odp == (state, integration) and self._odp_problem == entry.problem:
                 return
             self._odp = (state, integration)
+            manager = self._manager  # not built yet: it is built with this integration
             self._odp_problem = entry.problem
             held = list(self._held)
             self._held.clear()
             self._releasing += 1  # flush() waits for these as it waits for held events
         try:
-            manager.integration_changed(integration)
+            if manager is not None:
+                manager.integration_changed(integration)
             self._release_held(held, integration)  # outside the lock: a manager may send here
         finally:
             with self._odp_lock:
@@ -214,12 +261,13 @@ class OdpOptimizely(Optimizely):
             self._drop_held(DiscardReason.ODP_NOT_INTEGRATED, len(held),
                             "sent before the datafile was ready are dropped: ODP is not integrated")
             return
-        assert self.odp_event_manager is not None
+        manager = self.odp_event_manager
+        assert manager is not None
         refused: Counter[DiscardReason] = Counter()
         for event in held:
             event.integration = integration
             try:
-                result = self.odp_event_manager.send(event)
+                result = manager.send(event)
             except Exception:  # a custom manager that raises loses this event, not the rest
                 result = SendResult.discarded(DiscardReason.INTERNAL_ERROR, "")
             if not result.accepted:
@@ -267,16 +315,16 @@ class OdpOptimizely(Optimizely):
             event = build_event(action, identifiers, type, data)
         except InvalidEventError as invalid:
             return SendResult.discarded(invalid.reason, invalid.message)
-        manager = self.odp_event_manager
-        if manager is None:
+        manager = self._manager
+        if manager is None and self._unbuilt is None:
             return SendResult.discarded(DiscardReason.ODP_NOT_ENABLED, _NOT_ENABLED)
         state, integration = self._odp
         if integration is not None:
             event.integration = integration
-            return manager.send(event)
-        return self._hold_or_refuse(event, manager, state)
+            return (manager if manager is not None else self._build_manager()).send(event)
+        return self._hold_or_refuse(event, state)
 
-    def _hold_or_refuse(self, event: OdpEvent, manager: EventManager, state: IntegrationState) -> SendResult:
+    def _hold_or_refuse(self, event: OdpEvent, state: IntegrationState) -> SendResult:
         """No integration: hold the event until the datafile, or say why not."""
         if state is IntegrationState.UNDETERMINED:
             if not self._datafile_may_come:
@@ -292,7 +340,8 @@ class OdpOptimizely(Optimizely):
                     self._held.append(event)
                     return ACCEPTED
             state, integration = self._odp  # the datafile just arrived
-            if integration is not None:
+            manager = self.odp_event_manager
+            if integration is not None and manager is not None:
                 event.integration = integration
                 return manager.send(event)
         if self._odp_problem is not None:
@@ -323,9 +372,10 @@ class OdpOptimizely(Optimizely):
         Blocks; thread-safe."""
         deadline = time.monotonic() + _bounded(timeout)
         self._refusal_log.flush()
-        if not self._wait_for_held(deadline) or self.odp_event_manager is None:
-            return self.odp_event_manager is None
-        return self.odp_event_manager.flush(_remaining(deadline))
+        if not self._wait_for_held(deadline):
+            return False
+        manager = self._manager  # not built: no event reached it
+        return manager is None or manager.flush(_remaining(deadline))
 
     def close(self, timeout: float | None = None) -> None:
         """Deliver what was accepted (within ``timeout`` seconds, default the manager's
@@ -336,7 +386,7 @@ class OdpOptimizely(Optimizely):
         if self._odp_closed:
             return
         self._odp_closed = True
-        manager = self.odp_event_manager
+        manager = self._manager_to_close()
         if manager is not None:
             limit = getattr(getattr(manager, "settings", None), "close_timeout", 10.0) if timeout is None else timeout
             deadline = time.monotonic() + max(0.0, limit)
@@ -345,6 +395,15 @@ class OdpOptimizely(Optimizely):
             manager.close(_remaining(deadline))
         self._refusal_log.flush()
         compat.close_base_client(self, getattr(super(), "close", None))
+
+    def _manager_to_close(self) -> EventManager | None:
+        """The manager ``close()`` delivers through. A default one not built yet stays unbuilt
+        when no held event needs it (no event reached it); built later, it is built closed."""
+        with self._odp_lock:
+            if self._manager is None and self._unbuilt is not None and not (self._held or self._releasing):
+                self._build_closed = True
+                return None
+        return self.odp_event_manager
 
     def _give_up_held(self, manager: EventManager) -> None:
         with self._odp_lock:
@@ -423,16 +482,23 @@ class OdpOptimizely(Optimizely):
         await aio.close_async(self, timeout)
 
 
-def _default_manager(sdk: compat.SdkOdpSettings, notes: list[str]) -> BatchEventManager:
-    """A :class:`BatchEventManager` configured from the SDK's ODP settings (which win over the
-    environment); a value it cannot take is logged and left to its default, as the official
-    client never fails on these."""
-    arguments = compat.manager_arguments(sdk)
+def _default_settings(sdk: compat.SdkOdpSettings, notes: list[str]) -> ManagerSettings:
+    """The settings of the default :class:`BatchEventManager`, from the SDK's ODP settings
+    (which win over the environment); a value it cannot take is logged and left to its
+    default, as the official client never fails on these. Raises :class:`SettingError` for
+    a bad ``OPTIMIZELY_ODP_*`` variable, as the manager's constructor does."""
     try:
-        return BatchEventManager(**arguments)
+        return ManagerSettings.resolve(compat.manager_arguments(sdk))
     except SettingError as error:
         notes.append(f"OptimizelySdkSettings ODP setting ignored: {error}.")
-        return BatchEventManager()
+        return ManagerSettings.resolve({})
+
+
+def _build_default(settings: ManagerSettings) -> BatchEventManager:
+    """The default manager (its code is loaded here, on first use)."""
+    from optimizely_odp_ext.managers.batch import BatchEventManager
+
+    return BatchEventManager.from_settings(settings)
 
 
 def _bounded(timeout: float | None) -> float:

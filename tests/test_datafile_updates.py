@@ -219,3 +219,34 @@ def test_held_events_the_manager_refuses_on_release_are_dropped_not_refused(
     stats = client.odp_stats()
     assert stats["accepted"] == 1 and stats["dropped"] == {"queueFull": 1} and stats["refused"] == {}
     assert announced == [("queueFull", 1)]
+
+
+def test_a_datafile_change_while_the_default_manager_is_built_reaches_it(
+    make_client: ClientFactory, collector: OdpCollector, server: DatafileServer, sdk_logger: logging.Logger,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first event builds the default manager, and a new datafile arrives while it is
+    built. The manager still learns of it: the event, refused with the first key, moves to the
+    new integration as it would with a manager built earlier."""
+    from optimizely_odp_ext import client as client_module
+
+    server.set_datafile(datafile(collector.url, "refused-key"))
+    manager = polling_manager(server, sdk_logger)
+    assert manager.get_config() is not None
+    client = make_client(config_manager=manager)
+    build = client_module._build_default
+    with OdpCollector(api_key="second-key") as second:
+        def build_while_the_datafile_changes(settings: Any) -> BatchEventManager:
+            built = build(settings)
+            server.set_datafile(datafile(second.url, "second-key"))
+            update = threading.Thread(target=manager.fetch_datafile)  # as the polling thread would
+            update.start()
+            update.join(10)
+            assert client.odp_integration == OdpIntegration(second.url, "second-key")
+            return built
+
+        monkeypatch.setattr(client_module, "_build_default", build_while_the_datafile_changes)
+        assert client.send_odp_event("first", {"fs_user_id": "u"})
+        assert client.flush(10)
+        assert [e["action"] for e in second.events] == ["first"]
+        assert collector.event_count() == 0 and collector.request_count() >= 1, "refused at the first key's host"

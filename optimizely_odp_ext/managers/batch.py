@@ -66,7 +66,19 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
     """
 
     def __init__(self, *, spool: Spool | None = None, **settings: Any) -> None:
-        self.settings = ManagerSettings.resolve(settings)
+        self._set_up(ManagerSettings.resolve(settings), spool)
+
+    @classmethod
+    def from_settings(cls, settings: ManagerSettings, spool: Spool | None = None) -> BatchEventManager:
+        """A manager with settings resolved before (:meth:`ManagerSettings.resolve`): arguments
+        and environment are not read again. Raises :class:`SettingError` as the constructor
+        does for the spool the settings name."""
+        manager = cls.__new__(cls)
+        manager._set_up(settings, spool)
+        return manager
+
+    def _set_up(self, settings: ManagerSettings, spool: Spool | None) -> None:
+        self.settings = settings
         self.logger: Any = lifecycle.NullLogger()
         self.notification_center: Any = None
         self._closed = False
