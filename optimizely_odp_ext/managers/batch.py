@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from optimizely_odp_ext.event import OdpEvent
 from optimizely_odp_ext.integration import OdpIntegration
-from optimizely_odp_ext.managers import lifecycle
+from optimizely_odp_ext.managers import heap, lifecycle
 from optimizely_odp_ext.managers.base import DEFAULT_FLUSH_TIMEOUT, EventManager
 from optimizely_odp_ext.managers.batching import SPOOL_ID, WAITING_OVERHEAD, waiting_memory
 from optimizely_odp_ext.managers.fleet import STORE_CHUNK, FleetJobs
 from optimizely_odp_ext.managers.jobs import DeliveryJobs
 from optimizely_odp_ext.managers.state import seq_of
 from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
-from optimizely_odp_ext.settings import ManagerSettings, seconds
+from optimizely_odp_ext.settings import ManagerSettings, MiB, seconds
 from optimizely_odp_ext.spool import Spool, SpoolId, SpoolRecord
 
 if TYPE_CHECKING:  # imported when a spool is configured: a manager without one loads neither
@@ -409,6 +409,8 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
                     job = self._next_job(time.monotonic())
                     if job is None and (self._logs or self._ledger.notes):
                         job = functools.partial(self._emit, self._take_output())
+                    if job is None and self._held == 0 and self._backlog_peak >= heap.TRIM_AFTER:
+                        job, self._backlog_peak = functools.partial(self._give_back_memory, self._backlog_peak), 0
                     if job is None:
                         self._idle += 1
                         try:
@@ -425,6 +427,12 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
                         lock.acquire()
             finally:
                 self._workers -= 1
+
+    def _give_back_memory(self, backlog: int) -> None:
+        """A backlog drained: the memory it took goes back to the system (not only to the heap)."""
+        if heap.give_back():
+            self.logger.debug(f"ODP: a backlog of {backlog / MiB:.0f} MiB drained; its memory was handed back "
+                              "to the system (malloc_trim).")
 
     def _next_job(self, now: float) -> Job | None:
         """What a worker does next (lock held): send a ready batch, cut one, read the spool."""

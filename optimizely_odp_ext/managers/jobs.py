@@ -78,6 +78,7 @@ class DeliveryJobs(ManagerState):
     def _after(self, batch: Batch, outcome: Outcome, done: Completion, halves: tuple[Batch, Batch] | None) -> None:
         """This manager's part of an outcome (lock held): memory, spool and the retry warning."""
         if done.resolved:
+            self._note_backlog()
             self._held -= batch.count
             self._queued_bytes -= batch.memory
             self._done.notify_all()

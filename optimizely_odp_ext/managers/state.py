@@ -65,6 +65,8 @@ class ManagerState:
         """Events accepted or recovered and not resolved yet, wherever they are (in flight too)."""
         self._queued_bytes = 0
         """What the events held count against max_queue_bytes (waiting, and in batches)."""
+        self._backlog_peak = 0
+        """The most ``_queued_bytes`` seen as events left since the heap was last trimmed."""
         self._json_estimate = 300
         """Mean JSON size of an event lately (of the batches cut)."""
         self._cut_events = self._cut_size()
@@ -169,10 +171,16 @@ class ManagerState:
         if not count:
             return
         self._ledger.drop(count, reason, host)
+        self._note_backlog()
         self._held -= count
         self._queued_bytes -= memory
         self._pending_acks.extend(i for i in spool_ids if i)
         self._done.notify_all()
+
+    def _note_backlog(self) -> None:
+        """Before events leave (lock held): the largest backlog since the heap was last trimmed."""
+        if self._queued_bytes > self._backlog_peak:
+            self._backlog_peak = self._queued_bytes
 
     def _abandon(self, batches: list[Batch]) -> tuple[int, list[SpoolId]]:
         """After close gave up: what a spool holds stays there (for the next start, or another
