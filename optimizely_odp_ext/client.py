@@ -17,6 +17,7 @@ from optimizely_odp_ext import compat, notifications
 from optimizely_odp_ext.event import DEFAULT_EVENT_TYPE, InvalidEventError, OdpEvent, build_event
 from optimizely_odp_ext.integration import IntegrationEntry, IntegrationState, OdpIntegration, mask_key
 from optimizely_odp_ext.logs import LogRateLimiter, count_value
+from optimizely_odp_ext.managers import lifecycle  # noqa: F401  # see below
 from optimizely_odp_ext.managers.base import DEFAULT_FLUSH_TIMEOUT, EventManager
 from optimizely_odp_ext.notifications import OdpNotificationCenter
 from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
@@ -45,6 +46,11 @@ _NOT_INTEGRATED = "ODP is not integrated."
 _NOT_ENABLED = "ODP is not enabled."
 
 _BASE_PARAMETERS = inspect.signature(Optimizely.__init__)
+
+# ``lifecycle`` is imported above, not with the manager it serves (built on first use): its
+# ``atexit`` hook, which delivers what managers hold at exit, must be registered before any the
+# application registers, so that it runs after them (atexit runs the last registered first) and
+# an event an application's own exit hook sends is still delivered.
 
 
 class OdpOptimizely(Optimizely):
@@ -152,10 +158,9 @@ class OdpOptimizely(Optimizely):
         """What delivers this client's ODP events; None when ODP is off. The default manager
         without a spool is built here on first use, started with the SDK's logger and
         notification center and the current integration. Thread-safe."""
-        manager = self._manager
-        if manager is None and self._unbuilt is not None:
+        if self._unbuilt is not None:  # read first: a build sets _manager, then clears _unbuilt
             return self._build_manager()
-        return manager
+        return self._manager
 
     def _build_manager(self) -> EventManager:
         """Build and start the default manager, then keep it unless another thread kept one
@@ -261,8 +266,14 @@ class OdpOptimizely(Optimizely):
             self._drop_held(DiscardReason.ODP_NOT_INTEGRATED, len(held),
                             "sent before the datafile was ready are dropped: ODP is not integrated")
             return
-        manager = self.odp_event_manager
-        assert manager is not None
+        try:
+            manager = self.odp_event_manager
+        except Exception as error:  # the default manager could not be built: these are accounted for
+            self.logger.error(f"ODP event manager could not be built: {type_name(error)}.")
+            manager = None
+        if manager is None:
+            self._drop_held(DiscardReason.INTERNAL_ERROR, len(held), "held for the datafile had no event manager")
+            return
         refused: Counter[DiscardReason] = Counter()
         for event in held:
             event.integration = integration
@@ -315,8 +326,9 @@ class OdpOptimizely(Optimizely):
             event = build_event(action, identifiers, type, data)
         except InvalidEventError as invalid:
             return SendResult.discarded(invalid.reason, invalid.message)
+        unbuilt = self._unbuilt  # read first: a build sets _manager, then clears _unbuilt
         manager = self._manager
-        if manager is None and self._unbuilt is None:
+        if manager is None and unbuilt is None:
             return SendResult.discarded(DiscardReason.ODP_NOT_ENABLED, _NOT_ENABLED)
         state, integration = self._odp
         if integration is not None:
@@ -386,7 +398,12 @@ class OdpOptimizely(Optimizely):
         if self._odp_closed:
             return
         self._odp_closed = True
-        manager = self._manager_to_close()
+        try:
+            manager = self._manager_to_close()
+        except Exception as error:  # the default manager could not be built: the base client still closes
+            self.logger.error(f"ODP event manager could not be built at close: {type_name(error)}.")
+            manager = None
+            self._give_up_held(None)
         if manager is not None:
             limit = getattr(getattr(manager, "settings", None), "close_timeout", 10.0) if timeout is None else timeout
             deadline = time.monotonic() + max(0.0, limit)
@@ -405,7 +422,7 @@ class OdpOptimizely(Optimizely):
                 return None
         return self.odp_event_manager
 
-    def _give_up_held(self, manager: EventManager) -> None:
+    def _give_up_held(self, manager: EventManager | None) -> None:
         with self._odp_lock:
             held = list(self._held)
             self._held.clear()
@@ -434,7 +451,11 @@ class OdpOptimizely(Optimizely):
         adds the events the client gave up (held ones) to the manager's; the rest is the
         manager's (0 when it does not count it). Keys the manager adds are passed through.
         """
-        manager = self.odp_event_manager
+        try:
+            manager = self.odp_event_manager
+        except Exception as error:  # the default manager could not be built: the client's own counters
+            self.logger.error(f"ODP event manager could not be built: {type_name(error)}.")
+            manager = None
         stats: dict[str, Any] = dict(manager.stats()) if manager is not None else {}
         with self._odp_lock:
             dropped = Counter(self._dropped)

@@ -3,12 +3,14 @@ none of its code, and the first events, from any number of threads, share one ma
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import ClientFactory
@@ -62,8 +64,21 @@ def test_construction_loads_no_manager_code_until_the_first_event(collector: Odp
     assert collector.event_count() == 1
 
 
-def test_first_events_from_many_threads_share_one_manager(make_client: ClientFactory,
-                                                           collector: OdpCollector) -> None:
+def test_first_events_from_many_threads_share_one_manager(make_client: ClientFactory, collector: OdpCollector,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first two builds overlap (they meet at a barrier): one manager is kept, the other is
+    dropped unused, and every event is counted by the one kept."""
+    from optimizely_odp_ext import client as client_module
+
+    build, builds, overlap = client_module._build_default, itertools.count(), threading.Barrier(2)
+
+    def overlapping_build(settings: Any) -> BatchEventManager:
+        built = build(settings)
+        if next(builds) < 2:
+            overlap.wait(10)
+        return built
+
+    monkeypatch.setattr(client_module, "_build_default", overlapping_build)
     client = make_client()
     threads, per_thread = 8, 50
     start = threading.Barrier(threads)
@@ -83,7 +98,8 @@ def test_first_events_from_many_threads_share_one_manager(make_client: ClientFac
         sender.start()
     for sender in senders:
         sender.join(30)
-    assert refused == []
+    assert refused == [] and not overlap.broken
+    assert next(builds) >= 2, "two builds overlapped"
     assert client.flush(10)
     assert len({id(manager) for manager in managers}) == 1 and isinstance(managers[0], BatchEventManager)
     stats = client.odp_stats()
@@ -103,3 +119,34 @@ def test_the_manager_is_built_with_the_settings_read_at_construction(
     assert isinstance(manager, BatchEventManager) and manager.settings.batch_size == 7
     assert manager.settings.sources["batch_size"] == "environment"
     assert client.flush(10) and collector.event_count() == 1
+
+
+EXIT_SCRIPT = """
+import atexit, json, sys
+from optimizely_odp_ext import OdpOptimizely
+from optimizely_odp_ext.testing import sample_datafile
+
+client = OdpOptimizely(datafile=json.dumps(sample_datafile(sys.argv[1], sys.argv[2])))
+
+def shutdown():  # registered before the manager exists, so it runs before the library's exit hook
+    assert client.send_odp_event("session_end", {"fs_user_id": "u"})
+    if sys.argv[3] == "close":
+        client.close()
+
+atexit.register(shutdown)
+if sys.argv[3] == "close":
+    assert client.send_odp_event("runtime", {"fs_user_id": "u"})
+"""
+
+
+@pytest.mark.parametrize(("mode", "expected"), [("close", ["runtime", "session_end"]), ("exit", ["session_end"])])
+def test_an_event_sent_from_the_applications_exit_hook_is_delivered(collector: OdpCollector, mode: str,
+                                                                     expected: list[str]) -> None:
+    """close: events sent before and from the app's exit hook, which closes the client; exit:
+    the only event comes from the app's exit hook, and the interpreter's exit delivers it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPTIMIZELY_ODP_")}
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, collector.url, str(collector.api_key), mode], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "Error" not in done.stderr, done.stderr[-3000:]
+    assert sorted(e["action"] for e in collector.events) == expected

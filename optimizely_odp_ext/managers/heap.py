@@ -32,11 +32,11 @@ def give_back() -> bool:
 def _malloc_trim() -> Any:
     if not sys.platform.startswith("linux"):
         return None
-    import ctypes  # only here: a process whose backlogs never grow does not load it
-
     try:
+        import ctypes  # only here: a process whose backlogs never grow does not load it
+
         function = ctypes.CDLL(None).malloc_trim  # the C library this process runs on
-    except (OSError, AttributeError):  # not glibc
+    except Exception:  # not glibc (AttributeError), or a Python without ctypes: nothing to do
         return None
     function.argtypes = [ctypes.c_size_t]
     function.restype = ctypes.c_int
