@@ -187,6 +187,15 @@ class OdpOptimizely(Optimizely):
         assert manager is not None
         return manager
 
+    def _manager_or_none(self) -> EventManager | None:
+        """:attr:`odp_event_manager`, or None (logged) where the default one could not be built:
+        for the paths that must go on without it (releasing held events, close, stats)."""
+        try:
+            return self.odp_event_manager
+        except Exception as error:
+            self.logger.error(f"ODP event manager could not be built: {type_name(error)}.")
+            return None
+
     # -- the ODP integration -----------------------------------------------------------------
     @property
     def odp_state(self) -> IntegrationState:
@@ -266,12 +275,8 @@ class OdpOptimizely(Optimizely):
             self._drop_held(DiscardReason.ODP_NOT_INTEGRATED, len(held),
                             "sent before the datafile was ready are dropped: ODP is not integrated")
             return
-        try:
-            manager = self.odp_event_manager
-        except Exception as error:  # the default manager could not be built: these are accounted for
-            self.logger.error(f"ODP event manager could not be built: {type_name(error)}.")
-            manager = None
-        if manager is None:
+        manager = self._manager_or_none()
+        if manager is None:  # the default one could not be built: these are accounted for
             self._drop_held(DiscardReason.INTERNAL_ERROR, len(held), "held for the datafile had no event manager")
             return
         refused: Counter[DiscardReason] = Counter()
@@ -352,8 +357,8 @@ class OdpOptimizely(Optimizely):
                     self._held.append(event)
                     return ACCEPTED
             state, integration = self._odp  # the datafile just arrived
-            manager = self.odp_event_manager
-            if integration is not None and manager is not None:
+            manager = self.odp_event_manager if integration is not None else None  # built only to send
+            if manager is not None:
                 event.integration = integration
                 return manager.send(event)
         if self._odp_problem is not None:
@@ -398,13 +403,10 @@ class OdpOptimizely(Optimizely):
         if self._odp_closed:
             return
         self._odp_closed = True
-        try:
-            manager = self._manager_to_close()
-        except Exception as error:  # the default manager could not be built: the base client still closes
-            self.logger.error(f"ODP event manager could not be built at close: {type_name(error)}.")
-            manager = None
+        manager = self._manager_to_close()
+        if manager is None:  # none to deliver through (off, unused, or not buildable): held events are dropped
             self._give_up_held(None)
-        if manager is not None:
+        else:
             limit = getattr(getattr(manager, "settings", None), "close_timeout", 10.0) if timeout is None else timeout
             deadline = time.monotonic() + max(0.0, limit)
             if not self._wait_for_held(deadline):
@@ -420,7 +422,7 @@ class OdpOptimizely(Optimizely):
             if self._manager is None and self._unbuilt is not None and not (self._held or self._releasing):
                 self._build_closed = True
                 return None
-        return self.odp_event_manager
+        return self._manager_or_none()
 
     def _give_up_held(self, manager: EventManager | None) -> None:
         with self._odp_lock:
@@ -451,11 +453,7 @@ class OdpOptimizely(Optimizely):
         adds the events the client gave up (held ones) to the manager's; the rest is the
         manager's (0 when it does not count it). Keys the manager adds are passed through.
         """
-        try:
-            manager = self.odp_event_manager
-        except Exception as error:  # the default manager could not be built: the client's own counters
-            self.logger.error(f"ODP event manager could not be built: {type_name(error)}.")
-            manager = None
+        manager = self._manager_or_none()
         stats: dict[str, Any] = dict(manager.stats()) if manager is not None else {}
         with self._odp_lock:
             dropped = Counter(self._dropped)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from conftest import ClientFactory
 
-from optimizely_odp_ext import BatchEventManager
+from optimizely_odp_ext import BatchEventManager, DiscardReason
 from optimizely_odp_ext.testing import OdpCollector
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,3 +150,25 @@ def test_an_event_sent_from_the_applications_exit_hook_is_delivered(collector: O
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "Error" not in done.stderr, done.stderr[-3000:]
     assert sorted(e["action"] for e in collector.events) == expected
+
+
+def test_a_manager_that_cannot_be_built_refuses_counts_and_logs(make_client: ClientFactory, collector: OdpCollector,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Loading the manager fails (say, a package upgraded in place under a running process):
+    sends are refused with internalError and counted, odp_stats() and close() still work."""
+    from optimizely_odp_ext import client as client_module
+
+    def broken_build(settings: Any) -> BatchEventManager:
+        raise ImportError("cannot import name 'BatchEventManager'")
+
+    monkeypatch.setattr(client_module, "_build_default", broken_build)
+    client = make_client()
+    data = {"n": 1}
+    result = client.send_odp_event("lost", {"fs_user_id": "u"}, data=data)
+    assert not result and result.reason is DiscardReason.INTERNAL_ERROR and data == {"n": 1}
+    stats = client.odp_stats()
+    assert stats["refused"] == {"internalError": 1} and stats["accepted"] == 0
+    client.close(timeout=1)
+    assert any("could not be built: ImportError" in r.getMessage() for r in caplog.records)
+    assert collector.request_count() == 0
