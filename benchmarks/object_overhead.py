@@ -36,7 +36,7 @@ def measure(fields: int, events: int, in_batch: bool) -> tuple[float, float]:
         data = {f"field_{k}": (f"value-{i}-{k}" if k % 3 == 0 else i * k if k % 3 == 1 else i / 7.0)
                 for k in range(fields)}
         event = build_event("bench", {"fs_user_id": f"user-{i}"}, "fullstack", data)
-        body = event.wire_json()
+        body = event.to_json()
         json_bytes += len(body)
         if in_batch:
             keep.append(body)

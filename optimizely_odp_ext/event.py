@@ -6,8 +6,9 @@ thread and encodes the identifiers and data once: for plain data (string keys; s
 int, float, bool or None values) the encoder's own refusals and a look at its output
 are the checks (NaN, an infinity or an integer too long to print make it raise; a
 surrogate shows as a ``\\ud`` escape), and only then is each value examined, to name the problem.
-The event's JSON is those pieces around a new idempotence id (:meth:`OdpEvent.wire_json`),
-the bytes ``json.dumps`` writes for :func:`wire_dict`.
+The event's JSON (:meth:`OdpEvent.to_json`) is made from those pieces and a new idempotence id in
+one step, the bytes ``json.dumps`` writes for :func:`wire_dict`. Like the official client, an event
+gets its idempotence id when it is made, and keeps it.
 
 The fidelity rule: what optimizely-sdk 5.x accepts and sends, this accepts and encodes
 to the same bytes (apart from the idempotence id). Refused, each with its reason, is
@@ -25,7 +26,7 @@ from __future__ import annotations
 import json
 import json.encoder
 import math
-import random
+import os
 import re
 import sys
 import time
@@ -59,29 +60,54 @@ _DEFAULT_DATA: Mapping[str, str] = MappingProxyType(
     {"data_source_type": "sdk", "data_source": "python-sdk", "data_source_version": SDK_VERSION})
 """The default data after the idempotence id, as the official client sends it."""
 _DEFAULT_DATA_KEYS = frozenset(("idempotence_id", *_DEFAULT_DATA))
-_HEAD = '{"type": %s, "action": %s, "identifiers": %s, "data": {"idempotence_id": "'
-_AFTER_ID = '", ' + json.dumps(dict(_DEFAULT_DATA))[1:-1]
-_AFTER_ID_NO_DATA = _AFTER_ID + "}"
-_AFTER_ID_THEN_DATA = _AFTER_ID + ", "
-"""Replaces the ``{`` of the caller's data's JSON: the default data, then the caller's keys."""
+_DEFAULT_DATA_JSON = json.dumps(dict(_DEFAULT_DATA))[1:-1]
+"""The default data after the idempotence id, as JSON object members."""
 _json_string = json.encoder.encode_basestring_ascii
 
 INVALID_ACTION_EMPTY = "ODP action is not valid (cannot be empty)."
 """optimizely-sdk 5.x's wording, kept as the start of our lines."""
 INVALID_IDENTIFIERS_EMPTY = "ODP events must have at least one key-value pair in identifiers."
 INVALID_DATA = "ODP data is not valid."
-_UUID4_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
-_UUID4_SET = (4 << 76) | (0x8000 << 48)
+_IDS_AT_ONCE = 256
+_DASHES = frozenset((8, 13, 18, 23))
+_VARIANT_DIGIT = bytes.maketrans(b"0123456789abcdef", b"89ab89ab89ab89ab")
+_unused_ids: list[str] = []
 
 
 def new_idempotence_id() -> str:
-    """A random (version 4) UUID string, as ``str(uuid.uuid4())`` but about 3x cheaper.
+    """A random (version 4) UUID string, as ``str(uuid.uuid4())`` (from ``os.urandom`` too) but
+    about 3x cheaper: they are made :data:`_IDS_AT_ONCE` at a time. Thread-safe; a forked child
+    forgets the parent's unused ones."""
+    try:
+        return _unused_ids.pop()
+    except IndexError:
+        ids = _make_ids(_IDS_AT_ONCE)
+        first = ids.pop()
+        _unused_ids.extend(ids)
+        return first
 
-    An idempotence id must be unique, not secret, so the ``random`` module's generator
-    (seeded from the OS, and reseeded in a forked child) serves instead of ``os.urandom``.
-    """
-    digits = "%032x" % (random.getrandbits(128) & _UUID4_CLEAR | _UUID4_SET)
-    return f"{digits[:8]}-{digits[8:12]}-{digits[12:16]}-{digits[16:20]}-{digits[20:]}"
+
+def _make_ids(count: int) -> list[str]:
+    """``count`` version 4 UUID strings, written a column at a time: every id's first character,
+    then every id's second, and so on (one slice assignment each, not one string per id)."""
+    digits = os.urandom(16 * count).hex().encode()  # 32 hex digits per id, 31 used
+    ids = bytearray(b"-" * (36 * count))
+    column = 0
+    for position in range(36):
+        if position in _DASHES:
+            continue
+        if position == 14:  # the version
+            ids[14::36] = b"4" * count
+            continue
+        taken = digits[column::32]
+        column += 1
+        ids[position::36] = taken.translate(_VARIANT_DIGIT) if position == 19 else taken  # 19: the variant
+    text = ids.decode()
+    return [text[start:start + 36] for start in range(0, 36 * count, 36)]
+
+
+if hasattr(os, "register_at_fork"):  # a child must not send the ids its parent will send
+    os.register_at_fork(after_in_child=_unused_ids.clear)
 
 
 def wire_data(data: OdpData | None) -> OdpData:
@@ -110,12 +136,11 @@ class OdpEvent:
 
     Thread-safe to read; its fields are not changed after construction except
     ``integration`` (set once when an event held before the datafile was ready is
-    released) and the idempotence id cached by :meth:`to_json`. An event :func:`build_event`
-    made also keeps its JSON before and after the idempotence id (``_wire``), so
-    :meth:`wire_json` only joins them around a new id.
+    released) and its JSON, kept by :meth:`to_json`. An event :func:`build_event` made has its
+    JSON, and so its idempotence id, from the start.
     """
 
-    __slots__ = ("_json", "_wire", "accepted_at", "action", "data", "identifiers", "integration", "type")
+    __slots__ = ("_json", "accepted_at", "action", "data", "identifiers", "integration", "type")
 
     def __init__(
         self,
@@ -133,7 +158,6 @@ class OdpEvent:
         self.integration = integration
         self.accepted_at = time.monotonic() if accepted_at is None else accepted_at
         self._json: bytes | None = None
-        self._wire: tuple[bytes, bytes] | None = None
 
     def wire_data(self) -> OdpData:
         """The ``data`` object as sent: the default data, then the caller's on top."""
@@ -143,17 +167,11 @@ class OdpEvent:
         """The event as ODP receives it (a new idempotence id each call: prefer :meth:`to_json`)."""
         return wire_dict(self.type, self.action, self.identifiers, self.data)
 
-    def wire_json(self) -> bytes:
-        """The event's JSON with a new idempotence id: ``json.dumps`` of :meth:`to_dict`, as bytes."""
-        wire = self._wire
-        if wire is None:  # built another way, or the caller's data sets a default key
-            return encoding.stdlib_dumps(self.to_dict()).encode()
-        return b"".join((wire[0], new_idempotence_id().encode(), wire[1], b"}"))
-
     def to_json(self) -> bytes:
-        """The event's JSON, computed once: its idempotence id stays the same across retries."""
+        """The event's JSON, ``json.dumps`` of :meth:`to_dict` as bytes, made once: its idempotence
+        id stays the same across retries."""
         if self._json is None:
-            self._json = self.wire_json()
+            self._json = encoding.stdlib_dumps(self.to_dict()).encode()
         return self._json
 
     def __repr__(self) -> str:
@@ -179,25 +197,28 @@ def build_event(
     identifiers = _copy_identifiers(identifiers)
     data, data_json = _copy_data(data)
     event = OdpEvent(type, action, identifiers, data)  # type: ignore[arg-type]  # both checked above
-    if data is None or data.keys().isdisjoint(_DEFAULT_DATA_KEYS):  # else the caller's keys take their place
-        event._wire = _wire_parts(event.type, event.action, identifiers, data_json)
+    if data is None or data.keys().isdisjoint(_DEFAULT_DATA_KEYS):  # else to_json encodes the merged data
+        event._json = _event_json(event.type, event.action, identifiers, data_json)
     return event
 
 
-def _wire_parts(type: str, action: str, identifiers: dict[str, Any], data_json: str) -> tuple[bytes, bytes]:
-    """The event's JSON before and after its idempotence id (the default data's first key): the
-    bytes of ``json.dumps(wire_dict(...))`` when the caller's data has none of the default keys."""
+def _event_json(type: str, action: str, identifiers: dict[str, Any], data_json: str) -> bytes:
+    """The bytes of ``json.dumps(wire_dict(...))`` with a new idempotence id, from the JSON of the
+    caller's data (empty when none), which has none of the default keys."""
     try:
         identifiers_json = encoding.stdlib_dumps(identifiers)  # a few keys: see FAST_FROM_KEYS
     except (TypeError, ValueError, OverflowError, RecursionError) as error:  # checked: only a bug gets here
         raise InvalidEventError(DiscardReason.INVALID_IDENTIFIERS,
                                 f"ODP identifiers are not valid (they cannot be encoded as JSON: {error}).") from None
-    head = _HEAD % (_json_string(type), _json_string(action), identifiers_json)
-    # The data object after the id: the default data's rest, then the caller's keys in place of
-    # their "{", in one copy (with 20 KB events and ujson, slicing and concatenating instead made
-    # four, and the allocator's fragments took RSS at the bytes cap to 1.53x max_queue_bytes).
-    data_object = data_json.replace("{", _AFTER_ID_THEN_DATA, 1) if data_json else _AFTER_ID_NO_DATA
-    return head.encode(), data_object.encode()
+    type_json, action_json, idempotence_id = _json_string(type), _json_string(action), new_idempotence_id()
+    # An f-string: about half the CPU of a %-template or a join of the same pieces.
+    if data_json:  # the caller's members replace their "{": they follow the default data
+        text = (f'{{"type": {type_json}, "action": {action_json}, "identifiers": {identifiers_json}, "data": '
+                f'{{"idempotence_id": "{idempotence_id}", {_DEFAULT_DATA_JSON}, {data_json[1:]}}}')
+    else:
+        text = (f'{{"type": {type_json}, "action": {action_json}, "identifiers": {identifiers_json}, "data": '
+                f'{{"idempotence_id": "{idempotence_id}", {_DEFAULT_DATA_JSON}}}}}')
+    return text.encode()
 
 
 def _check_action(action: object) -> None:

@@ -196,9 +196,39 @@ def test_an_events_json_is_json_dumps_of_its_wire_dict(encoder: str) -> None:
             event = build_event(rng.choice(["buy", "é", "a\x7fb"]), identifiers, rng.choice([None, "t"]), data)
         except InvalidEventError:
             continue  # an identifier value that cannot be sent
-        sent = event.wire_json()
+        sent = event.to_json()
         idempotence_id = json.loads(sent)["data"]["idempotence_id"]
         expected = wire_dict(event.type, event.action, event.identifiers, event.data)
         if "idempotence_id" not in (data or {}):
             expected["data"]["idempotence_id"] = idempotence_id
         assert sent == json.dumps(expected).encode(), (seed, data)
+
+
+def test_a_forked_child_does_not_send_the_ids_its_parent_made_ahead() -> None:
+    import os
+
+    from optimizely_odp_ext.event import new_idempotence_id
+
+    new_idempotence_id()  # the parent now holds ids made ahead
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - runs in the child
+        try:
+            ids = [json.loads(build_event("a", {"k": "v"}).to_json())["data"]["idempotence_id"] for _ in range(50)]
+            os.write(write_end, json.dumps(ids).encode())
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        child_ids = set(json.loads(pipe.read()))
+    os.waitpid(child, 0)
+    parent_ids = {json.loads(build_event("a", {"k": "v"}).to_json())["data"]["idempotence_id"] for _ in range(50)}
+    assert len(child_ids) == 50 and len(parent_ids) == 50
+    assert not child_ids & parent_ids
+
+
+def test_an_events_idempotence_id_is_fixed_when_it_is_built() -> None:
+    event = build_event("a", {"k": "v"}, data={"n": 1})
+    first = json.loads(event.to_json())["data"]["idempotence_id"]
+    uuid.UUID(first)
+    assert json.loads(event.to_json())["data"]["idempotence_id"] == first

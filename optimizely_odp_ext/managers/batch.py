@@ -125,7 +125,7 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
         if integration is None:  # the client binds every event before handing it over
             return SendResult.discarded(DiscardReason.ODP_NOT_INTEGRATED, "ODP event has no integration.")
         try:
-            body = event.wire_json()
+            body = event.to_json()
         except (TypeError, ValueError, OverflowError, RecursionError) as error:  # validated: only a bug gets here
             return SendResult.discarded(DiscardReason.INVALID_DATA, f"ODP event cannot be encoded: {error}")
         size = len(body) + WAITING_OVERHEAD
@@ -205,7 +205,7 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
         records = []
         for event in events:
             try:
-                records.append(SpoolRecord("", "", event.wire_json(), now))
+                records.append(SpoolRecord("", "", event.to_json(), now))
             except (TypeError, ValueError, OverflowError):
                 continue
         ids = link.append(records)

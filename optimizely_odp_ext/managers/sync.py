@@ -137,7 +137,7 @@ class SyncEventManager(EventManager):
         if integration is None:  # the client binds every event before handing it over
             return SendResult.discarded(DiscardReason.ODP_NOT_INTEGRATED, "ODP event has no integration.")
         try:
-            body = event.wire_json()
+            body = event.to_json()
         except (TypeError, ValueError, OverflowError, RecursionError) as error:  # validated: only a bug gets here
             return SendResult.discarded(DiscardReason.INVALID_DATA, f"ODP event cannot be encoded: {error}")
         size = len(body) + WAITING_OVERHEAD
