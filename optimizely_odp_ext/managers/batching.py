@@ -11,7 +11,9 @@ it waits), and a retried batch is sent byte for byte (same idempotence ids) ever
 
 from __future__ import annotations
 
+import bisect
 import itertools
+import operator
 from collections import deque
 from collections.abc import Sequence
 from typing import Final
@@ -48,9 +50,14 @@ BODY: Final = 2
 SPOOL_ID: Final = 3
 
 
+_body_of = operator.itemgetter(BODY)
+"""The work per event of cutting and sealing a batch is done with C iterators (``map``, ``zip``,
+``sum``, ``accumulate``), not a Python loop: a worker does it under the lock callers take too."""
+
+
 def waiting_memory(items: Sequence[Waiting]) -> int:
     """What ``items`` count against ``max_queue_bytes``."""
-    return sum(len(item[BODY]) for item in items) + WAITING_OVERHEAD * len(items)
+    return sum(map(len, map(_body_of, items))) + WAITING_OVERHEAD * len(items)
 
 
 _batch_ids = itertools.count(1)
@@ -110,9 +117,8 @@ class Batch:
 
 def seal(destination: OdpIntegration, items: Sequence[Waiting]) -> Batch:
     """The batch of waiting events (in acceptance order)."""
-    spool_ids = [item[SPOOL_ID] for item in items]
-    return Batch(destination, [item[BODY] for item in items], items[0][SEQ],
-                 min(item[ACCEPTED_AT] for item in items), spool_ids if any(spool_ids) else None)
+    seqs, accepted_at, bodies, spool_ids = zip(*items)
+    return Batch(destination, list(bodies), seqs[0], min(accepted_at), list(spool_ids) if any(spool_ids) else None)
 
 
 class Destination:
@@ -155,12 +161,12 @@ class Destination:
     def take_batch(self, batch_size: int, max_batch_bytes: int) -> list[Waiting]:
         """Remove the oldest waiting events that make one request: at most ``batch_size``, whose
         body is at most ``max_batch_bytes`` (always at least one event)."""
-        size, count = 2, 0  # "[" and "]", then each body and its ", "
-        for item in itertools.islice(self.waiting, batch_size):
-            size += len(item[BODY]) + 2
-            if count and size > max_batch_bytes:
-                break
-            count += 1
+        count = min(batch_size, len(self.waiting))
+        bodies = map(_body_of, itertools.islice(self.waiting, count))
+        if 2 + sum(map(len, bodies)) + 2 * count > max_batch_bytes:  # "[", "]", each body and its ", "
+            bodies = map(_body_of, itertools.islice(self.waiting, count))
+            sizes = list(itertools.accumulate(map(operator.add, map(len, bodies), itertools.repeat(2))))
+            count = max(1, bisect.bisect_right(sizes, max_batch_bytes - 2))
         return self.take_waiting(count)
 
     def put_back_first(self, items: Sequence[Waiting]) -> None:
