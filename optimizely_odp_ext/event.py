@@ -206,7 +206,11 @@ def _event_json(type: str, action: str, identifiers: dict[str, Any], data_json: 
     """The bytes of ``json.dumps(wire_dict(...))`` with a new idempotence id, from the JSON of the
     caller's data (empty when none), which has none of the default keys."""
     try:
-        identifiers_json = encoding.stdlib_dumps(identifiers)  # a few keys: see FAST_FROM_KEYS
+        if len(identifiers) == 1 and next(iter(identifiers.values())).__class__ is str:  # most events: fs_user_id
+            [(key, value)] = identifiers.items()  # the key is a str (checked): the encoder's own string function
+            identifiers_json = f"{{{_json_string(key)}: {_json_string(value)}}}"  # 0.12 µs; the encoder's call 0.3
+        else:
+            identifiers_json = encoding.stdlib_dumps(identifiers)  # a few keys: see FAST_FROM_KEYS
     except (TypeError, ValueError, OverflowError, RecursionError) as error:  # checked: only a bug gets here
         raise InvalidEventError(DiscardReason.INVALID_IDENTIFIERS,
                                 f"ODP identifiers are not valid (they cannot be encoded as JSON: {error}).") from None
