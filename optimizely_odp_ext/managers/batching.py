@@ -155,7 +155,8 @@ class Destination:
         if len(self.waiting) <= limit:
             taken, self.waiting = self.waiting, []
         else:
-            taken, self.waiting = self.waiting[:limit], self.waiting[limit:]
+            taken = self.waiting[:limit]
+            del self.waiting[:limit]  # the rest moves in place: a copy of it took a reference to each
         return taken
 
     def take_batch(self, batch_size: int, max_batch_bytes: int) -> list[Waiting]:
