@@ -225,8 +225,8 @@ def _event_json(type: str, action: str, identifiers: dict[str, Any], data_json: 
     """The bytes of ``json.dumps(wire_dict(...))`` with a new idempotence id, from the JSON of the
     caller's data (empty when none), which has none of the default keys."""
     try:
-        if len(identifiers) == 1 and next(iter(identifiers.values())).__class__ is str:  # most events: fs_user_id
-            [(key, value)] = identifiers.items()  # the key is a str (checked): the encoder's own string function
+        key, value = next(iter(identifiers.items()))  # there is one at least (checked)
+        if len(identifiers) == 1 and value.__class__ is str:  # most events: fs_user_id; the key is a str (checked)
             identifiers_json = f"{{{_json_string(key)}: {_json_string(value)}}}"  # 0.12 µs; the encoder's call 0.3
         else:
             identifiers_json = encoding.stdlib_dumps(identifiers)  # a few keys: see FAST_FROM_KEYS
@@ -234,14 +234,11 @@ def _event_json(type: str, action: str, identifiers: dict[str, Any], data_json: 
         raise InvalidEventError(DiscardReason.INVALID_IDENTIFIERS,
                                 f"ODP identifiers are not valid (they cannot be encoded as JSON: {error}).") from None
     type_json, action_json, idempotence_id = _json_string(type), _json_string(action), new_idempotence_id()
+    # The caller's members follow the default data, in place of their "{" (one copy of them).
+    separator, data_rest = (", ", data_json[1:]) if data_json else ("", "}")
     # An f-string: about half the CPU of a %-template or a join of the same pieces.
-    if data_json:  # the caller's members replace their "{": they follow the default data
-        text = (f'{{"type": {type_json}, "action": {action_json}, "identifiers": {identifiers_json}, "data": '
-                f'{{"idempotence_id": "{idempotence_id}", {_DEFAULT_DATA_JSON}, {data_json[1:]}}}')
-    else:
-        text = (f'{{"type": {type_json}, "action": {action_json}, "identifiers": {identifiers_json}, "data": '
-                f'{{"idempotence_id": "{idempotence_id}", {_DEFAULT_DATA_JSON}}}}}')
-    return text.encode()
+    return (f'{{"type": {type_json}, "action": {action_json}, "identifiers": {identifiers_json}, "data": '
+            f'{{"idempotence_id": "{idempotence_id}", {_DEFAULT_DATA_JSON}{separator}{data_rest}}}').encode()
 
 
 def _check_action(action: object) -> None:
