@@ -25,6 +25,7 @@ from optimizely_odp_ext.integration import OdpIntegration
 from optimizely_odp_ext.managers import heap, lifecycle
 from optimizely_odp_ext.managers.base import DEFAULT_FLUSH_TIMEOUT, EventManager
 from optimizely_odp_ext.managers.batching import SPOOL_ID, WAITING_OVERHEAD, waiting_memory
+from optimizely_odp_ext.managers.convoy import acquire_contended
 from optimizely_odp_ext.managers.fleet import STORE_CHUNK, FleetJobs
 from optimizely_odp_ext.managers.jobs import DeliveryJobs
 from optimizely_odp_ext.managers.state import seq_of
@@ -133,7 +134,10 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
         if link is not None and link.write_through:
             return self._send_through(event, integration, link, body, size)
         s = self.settings
-        with self._lock:
+        lock = self._lock
+        if not lock.acquire(False):
+            acquire_contended(lock)  # not `with`: a blocked sender would start a lock convoy
+        try:
             if self._closed:
                 return _closed_result()
             if self._held >= s.max_queue_events or self._queued_bytes + size > s.max_queue_bytes:
@@ -151,6 +155,8 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
                     dest = self._destination(integration)
                 dest.waiting.append((seq, event.accepted_at, body, 0))
                 start = self._wake_for(len(dest.waiting), self._cut_events)
+        finally:
+            lock.release()
         if start:
             self._start_worker()
         return ACCEPTED
