@@ -235,6 +235,7 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
                     self._logs or self._ledger.notes):
                 return True
             self._flushing += 1
+            self._flush_through = max(self._flush_through, target)
             try:
                 self._ledger.hurry(time.monotonic())
                 self._work.notify_all()
@@ -460,10 +461,11 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
                     self._more_hands()
                     return functools.partial(self._send_batch, batch)
         flushing = self._flushing > 0 or self._closed
-        cut = self._cut_events
+        cut, flush_through = self._cut_events, self._flush_through
         for dest in ledger.destinations.values():
             waiting = dest.waiting
-            if waiting and (flushing or len(waiting) >= cut or waiting[0][1] + s.flush_interval <= now):
+            if waiting and (flushing or len(waiting) >= cut or waiting[0][1] + s.flush_interval <= now
+                            or waiting[0][0] < flush_through):
                 items = dest.take_batch(s.batch_size, s.max_batch_bytes)
                 token = next(self._tokens)
                 ledger.sealing[token] = items[0][0]

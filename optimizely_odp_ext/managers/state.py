@@ -92,6 +92,9 @@ class ManagerState:
         event (its own work besides cutting batches, which more workers would do at the same time
         and take turns at the GIL for; waiting for Redis is not work: another worker may run)."""
         self._flushing = 0
+        self._flush_through = RECOVERED_SEQ
+        """Events accepted before this number go out now, without waiting for a full batch or the
+        flush interval: a flush() asked for them (one with no time to wait for them too)."""
         self._stopping = False
         self._finished = False
         """close() gave up on what was left: late outcomes are not kept for a retry."""

@@ -53,6 +53,18 @@ def test_flush_wakes_the_sender_at_once(make_client: ClientFactory, collector: O
     assert collector.event_count() == 1
 
 
+def test_flush_with_no_time_to_wait_still_sends_at_once(make_client: ClientFactory, collector: OdpCollector) -> None:
+    client = make_client(odp_event_manager=BatchEventManager(flush_interval=3600))
+    for i in range(3):
+        assert client.send_odp_event("a", {"fs_user_id": str(i)})
+    client.flush(0)  # returns at once, True only if there was nothing to send
+    assert collector.wait_for_events(3, timeout=10), "flush(0) sends now; it only does not wait"
+    assert client.send_odp_event("later", {"fs_user_id": "u"})
+    assert collector.wait_for_requests(1) and client.odp_stats()["queued"] == 1, \
+        "an event accepted after the flush waits for its batch again"
+    assert request_sizes(collector) == [3]
+
+
 def test_capacity_in_events_refuses_the_newest_at_the_edge(make_client: ClientFactory, collector: OdpCollector,
                                                            caplog: pytest.LogCaptureFixture) -> None:
     client = make_client(odp_event_manager=BatchEventManager(max_queue_events=5, flush_interval=3600))
