@@ -182,7 +182,7 @@ class OdpOptimizely(Optimizely):
             if not kept or closed:  # another one was kept (this one got no event), or asked for after close()
                 built.close(0)
             elif now != seen:  # the datafile changed meanwhile: _apply_integration saw no manager
-                built.integration_changed(now[1])
+                self._tell_integration(built)
         manager = self._manager
         assert manager is not None
         return manager
@@ -249,7 +249,7 @@ class OdpOptimizely(Optimizely):
             self._releasing += 1  # flush() waits for these as it waits for held events
         try:
             if manager is not None:
-                manager.integration_changed(integration)
+                self._tell_integration(manager)
             self._release_held(held, integration)  # outside the lock: a manager may send here
         finally:
             with self._odp_lock:
@@ -265,6 +265,18 @@ class OdpOptimizely(Optimizely):
             if integration.is_plain_http_remote:
                 self.logger.warning(f"ODP host {integration.host} is plain http:// and not on this machine: "
                                     "events and the API key travel unencrypted.")
+
+    def _tell_integration(self, manager: EventManager) -> None:
+        """Tell ``manager`` the integration new events go to now. Two threads may tell it at
+        once (a datafile update and the first event building the manager), and the one that
+        read the older integration may be heard last: each tells the current one, and again
+        while it changed meanwhile, so the last one the manager hears is the current one. No
+        lock is held while the manager is told (it may log, and switch green threads)."""
+        told = self._odp[1]
+        manager.integration_changed(told)
+        while self._odp[1] != told:
+            told = self._odp[1]
+            manager.integration_changed(told)
 
     def _release_held(self, held: list[OdpEvent], integration: OdpIntegration | None) -> None:
         """Held events go to ``integration``; with none, or where the manager refuses them, they

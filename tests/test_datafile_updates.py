@@ -250,3 +250,47 @@ def test_a_datafile_change_while_the_default_manager_is_built_reaches_it(
         assert client.flush(10)
         assert [e["action"] for e in second.events] == ["first"]
         assert collector.event_count() == 0 and collector.request_count() >= 1, "refused at the first key's host"
+
+
+def test_of_two_datafile_updates_racing_to_tell_the_manager_the_newer_one_is_heard_last(
+    make_client: ClientFactory, collector: OdpCollector, server: DatafileServer, sdk_logger: logging.Logger,
+) -> None:
+    """A datafile update reads its integration, and before the manager hears it a newer update
+    is read and heard: the older one must not be the last the manager hears. Here a batch in
+    flight during both updates has its key refused after them: it moves to the integration the
+    manager heard last, which must be the newest."""
+    server.set_datafile(datafile(collector.url, API_KEY))
+    config_manager = polling_manager(server, sdk_logger)
+    assert config_manager.get_config() is not None
+    in_flight, answer = threading.Event(), threading.Event()
+
+    def hold_then_refuse(event: dict[str, Any]) -> bool:
+        in_flight.set()
+        return answer.wait(10)  # then 401: this key is refused
+
+    collector.reject_events(hold_then_refuse, status=401)
+    newer_told: list[OdpIntegration] = []
+
+    with OdpCollector(api_key="second-key") as second:
+        class SlowToHear(BatchEventManager):
+            def integration_changed(self, integration: OdpIntegration | None) -> None:
+                if integration is not None and integration.api_key == "stale-key" and not newer_told:
+                    server.set_datafile(datafile(second.url, "second-key"))
+                    update = threading.Thread(target=config_manager.fetch_datafile)  # the polling thread
+                    update.start()
+                    update.join(10)
+                    newer_told.append(integration)
+                super().integration_changed(integration)
+
+        client = make_client(config_manager=config_manager, odp_event_manager=SlowToHear(flush_interval=60))
+        assert client.send_odp_event("first", {"fs_user_id": "u"})
+        client.flush(0)  # send it now, without waiting
+        assert in_flight.wait(10)
+        server.set_datafile(datafile(collector.url, "stale-key"))  # refused too, were it the last heard
+        config_manager.fetch_datafile()
+        assert newer_told, "the newer update was read and told while the stale one was being told"
+        assert client.odp_integration == OdpIntegration(second.url, "second-key")
+        answer.set()
+        assert client.flush(10)
+        assert [e["action"] for e in second.events] == ["first"]
+        assert collector.event_count() == 0
