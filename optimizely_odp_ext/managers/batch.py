@@ -134,7 +134,7 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
         if link is not None and link.write_through:
             return self._send_through(event, integration, link, body, size)
         s = self.settings
-        lock = self._lock
+        lock = self._lock.raw
         if not lock.acquire(False):
             acquire_contended(lock)  # not `with`: a blocked sender would start a lock convoy
         try:

@@ -17,6 +17,7 @@ from optimizely_odp_ext import notifications
 from optimizely_odp_ext.integration import OdpIntegration
 from optimizely_odp_ext.logs import LogRateLimiter
 from optimizely_odp_ext.managers.batching import SPOOL_ID, Batch, Destination, Waiting, waiting_memory
+from optimizely_odp_ext.managers.convoy import PoliteLock
 from optimizely_odp_ext.managers.ledger import DeliveryLedger
 from optimizely_odp_ext.result import DiscardReason
 from optimizely_odp_ext.settings import ManagerSettings
@@ -51,10 +52,10 @@ class ManagerState:
     # -- state that a forked child rebuilds -------------------------------------------------
     def _init_runtime_state(self) -> None:
         s = self.settings
-        self._lock = threading.Lock()
-        self._work = threading.Condition(self._lock)
+        self._lock = PoliteLock()
+        self._work = threading.Condition(self._lock)  # type: ignore[arg-type]  # a lock by its methods
         """Idle workers wait here."""
-        self._done = threading.Condition(self._lock)
+        self._done = threading.Condition(self._lock)  # type: ignore[arg-type]
         """Notified whenever events are resolved (delivered or given up), for flush()."""
         self._next_seq = 0
         """The acceptance order of the next event: how many were accepted."""

@@ -4,11 +4,12 @@ capacity stays exact when many of them race for it."""
 from __future__ import annotations
 
 import threading
+import time
 
 from conftest import ClientFactory
 
 from optimizely_odp_ext import BatchEventManager, DiscardReason
-from optimizely_odp_ext.managers.convoy import acquire_contended
+from optimizely_odp_ext.managers.convoy import PoliteLock, acquire_contended
 from optimizely_odp_ext.testing import OdpCollector
 
 
@@ -69,3 +70,33 @@ def test_eight_senders_racing_for_the_last_room_take_exactly_the_capacity(
     collector.reset_faults()
     assert client.flush(30)
     assert collector.event_count() == capacity and collector.duplicates() == {}
+
+
+def test_the_managers_lock_works_under_a_condition_and_keeps_a_lock_s_answers() -> None:
+    lock = PoliteLock()
+    condition = threading.Condition(lock)  # type: ignore[arg-type]
+    woken = threading.Event()
+    held_after_waking: list[bool] = []
+
+    def worker() -> None:
+        with condition:
+            assert condition.wait(10), "notified in time"
+            held_after_waking.append(lock.locked())
+        woken.set()
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not condition._waiters and time.monotonic() < deadline:  # type: ignore[attr-defined]  # it waits
+        woken.wait(0.001)
+    with condition:
+        condition.notify()
+    assert woken.wait(10) and held_after_waking == [True], "it holds the lock again when it wakes"
+    thread.join(10)
+    assert not lock.locked()
+    assert lock.acquire(False)
+    assert not lock.acquire(False), "taken: a non-blocking acquire says so"
+    assert not lock.acquire(True, 0.01), "taken: an acquire with a timeout gives up"
+    lock.release()
+    assert lock.acquire(True, 0.01)
+    lock.release()
