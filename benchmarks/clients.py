@@ -3,9 +3,10 @@ from one or more threads, every call timed. Started by the benchmarks as
 ``python benchmarks/clients.py --child SPEC``; never run by hand.
 
 SPEC (JSON): ``client`` (``official``, ``ours``, ``ours-0.1.0`` — ours with the previous release's
-package first on ``sys.path`` —, or ``null``: a send that only copies its input, the harness
-alone), ``url``, ``events``, ``threads``, ``size`` (see :data:`common.SIZES`), ``rate`` (events/s
-over all threads, None: as fast as each call returns), ``settings`` (keyword arguments of our
+package first on ``sys.path`` —, ``null``: a send that only copies its input, the harness alone,
+or ``encode``: a send that only encodes the event as the floor does, keeping its bytes), ``url``,
+``events``, ``threads``, ``size`` (see :data:`common.SIZES`), ``rate`` (events/s over all threads,
+None: as fast as each call returns), ``settings`` (keyword arguments of our
 ``BatchEventManager``), ``drain`` (wait until delivered: ours ``flush``, the official ``close``)
 and ``timeout``.
 
@@ -36,6 +37,18 @@ def build_client(kind: str, url: str, settings: dict[str, Any]) -> tuple[Any, An
                  data: dict[str, Any] | None = None) -> bool:
             return bool(dict(identifiers)) and (data is None or bool(dict(data)))
         return None, send
+    if kind == "encode":
+        from floor import wire_event
+
+        bodies: list[bytes] = []
+
+        def encode(action: str, identifiers: dict[str, str], type: str = "fullstack",
+                   data: dict[str, Any] | None = None) -> bool:
+            event = wire_event(0, data or {})
+            event["identifiers"] = dict(identifiers)
+            bodies.append(json.dumps(event).encode())
+            return True
+        return None, encode
 
     from optimizely.optimizely import Optimizely
 
@@ -200,6 +213,7 @@ VARIANTS: dict[str, tuple[str, dict[str, str], bool]] = {
     "ours-ujson": ("ours", {}, False),
     "ours-0.1.0": ("ours", {}, True),
     "null": ("null", {}, False),
+    "encode": ("encode", {}, False),
 }
 """A client as the reports name it -> (client kind, environment, run the previous release's package)."""
 
@@ -222,7 +236,7 @@ def measure(variant: str, *, events: int, threads: int = 1, size: str = "small",
         child = common.ChildProcess("clients.py", spec, env=env, package=package)
         try:
             ready = child.expect_json("READY", 120)
-            if kind != "null" and not server.wait_for_events(10, 30.0):
+            if kind not in ("null", "encode") and not server.wait_for_events(10, 30.0):
                 raise RuntimeError(f"{variant}: the warm-up events never arrived")
             if variant == "ours-ujson" and ready.get("encoder") != "ujson":
                 raise RuntimeError("ours-ujson: ujson is not installed (pip install -e '.[fast]')")
@@ -236,7 +250,7 @@ def measure(variant: str, *, events: int, threads: int = 1, size: str = "small",
             child.say("GO")
             limit = timeout + 60 + events / 1000
             result = child.expect_json("RESULT", limit)
-            if drain and kind != "null" and not fault_status:
+            if drain and kind not in ("null", "encode") and not fault_status:
                 common.wait_delivered(server, deliveries, child, events if kind != "official" else None, 30.0)
         finally:
             child.cleanup()

@@ -48,6 +48,7 @@ LABELS = {
     "ours-0.1.0": f"OdpOptimizely 0.1.0 ({PREVIOUS_COMMIT})",
     "floor": "floor",
     "null": "no-op send (the harness alone)",
+    "encode": "encode-only send (`json.dumps` of the event)",
 }
 MiB = 1024 * 1024
 
