@@ -85,7 +85,7 @@ def _load_ujson() -> Dumps | None:
     def fast_dumps(value: Any) -> str:
         text: str = ujson_dumps(value, ensure_ascii=True, escape_forward_slashes=False, separators=(", ", ": "),
                                 allow_nan=False)
-        if "\x7f" in text or ("e-" in text and _ONE_DIGIT_EXPONENT.search(text)):
+        if "\x7f" in text or _ONE_DIGIT_EXPONENT.search(text):  # the regex finds "e-" faster than `in`
             return stdlib_dumps(value)  # see the module docstring: these are written differently
         return text
 

@@ -341,7 +341,7 @@ def _plain_json(data: dict[Any, Any]) -> str:
     """
     fast = encoding.fast_dumps() if len(data) >= encoding.FAST_FROM_KEYS else None
     try:
-        if fast and _STR_TYPE.issuperset(map(type, data)) and _PLAIN_TYPES.issuperset(map(type, data.values())):
+        if fast and frozenset(map(type, data)) == _STR_TYPE and _PLAIN_TYPES.issuperset(map(type, data.values())):
             text = fast(data)
         else:
             text = encoding.stdlib_dumps(data)
