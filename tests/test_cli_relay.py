@@ -208,6 +208,8 @@ def test_spool_stats_on_a_redis_url_lists_members_and_masked_destinations(
             assert "  member-1: holds 10, idle " in out and "members:    1" in lines
             assert "destinations (the oldest 1,000 entries):" in lines
             assert f"  {collector.url} key test...ey: 1,000" in lines
+            memory = [line for line in lines if line.startswith("memory:")]
+            assert len(memory) == 1 and memory[0].endswith(" bytes in Redis (MEMORY USAGE, an estimate)")
 
             code, out, _ = run_cli(capsys, "spool", "stats", server.url, "--json", "--sample", "2000")
             report = json.loads(out)
@@ -215,6 +217,7 @@ def test_spool_stats_on_a_redis_url_lists_members_and_masked_destinations(
             assert report["destinations_sampled"] == 1520 and len(report["destinations"]) == 2
             assert {d["events"] for d in report["destinations"]} == {1500, 20}
             assert report["consumers"][0]["name"] == "member-1" and PASSWORD not in out
+            assert report["memory_bytes"] > 1520 * 100, "an estimate, of at least the entries' JSON"
 
 
 def test_spool_commands_on_a_redis_url_fail_in_one_line(capsys: pytest.CaptureFixture[str], clean_env: None,

@@ -166,7 +166,8 @@ def run_stats(args: argparse.Namespace) -> int:
         spool.close()
     report = {
         "url": spool.masked_url, "stream": spool.stream, "group": spool.group,
-        **{name: figures[name] for name in ("events", "pending", "unread", "oldest_event_age", "oldest_pending_age")},
+        **{name: figures[name] for name in ("events", "pending", "unread", "oldest_event_age", "oldest_pending_age",
+                                            "memory_bytes")},
         "consumers": consumers,
         "destinations_sampled": sampled,
         "destinations": [{"host": host, "key": mask_key(key) if key else "", "events": count}
@@ -180,6 +181,8 @@ def run_stats(args: argparse.Namespace) -> int:
     print(f"events:     {figures['events']:,} waiting ({figures['pending']:,} claimed{unread})")
     print(f"oldest:     {_age(figures['oldest_event_age'])}")
     print(f"oldest claimed: {_age(figures['oldest_pending_age'])}")
+    memory = figures["memory_bytes"]
+    print(f"memory:     {'-' if memory is None else f'{memory:,} bytes in Redis (MEMORY USAGE, an estimate)'}")
     print(f"members:    {len(consumers):,}")
     for row in consumers[:MAX_CONSUMERS_SHOWN]:
         print(f"  {row['name']}: holds {row['pending']:,}, idle {row['idle']:,.1f}s")

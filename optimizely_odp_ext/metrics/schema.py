@@ -125,6 +125,8 @@ SPOOL_EVENTS = _spec("odp_spool_events", "odp.spool.events", G, EV,
                      "ODP events stored in the spool.")
 SPOOL_BYTES = _spec("odp_spool", "odp.spool.size", G, Unit.BYTES,
                     "Bytes of event JSON stored in the spool.")
+SPOOL_MEMORY = _spec("odp_spool_memory", "odp.spool.memory", G, Unit.BYTES,
+                     "Memory the spool takes in its store (Redis: the stream's MEMORY USAGE, an estimate).")
 SPOOL_PENDING = _spec("odp_spool_pending_events", "odp.spool.pending", G, EV,
                       "Spooled ODP events handed out for delivery and not acknowledged yet.")
 SPOOL_OLDEST = _spec("odp_spool_oldest_event_timestamp", "odp.spool.oldest_event.timestamp", G,
@@ -169,6 +171,7 @@ BY_REASON: dict[str, MetricSpec] = {"dropped": DROPPED, "refused": REFUSED}
 SPOOL_NUMBERS: dict[str, MetricSpec] = {
     "events": SPOOL_EVENTS,
     "bytes": SPOOL_BYTES,
+    "memory_bytes": SPOOL_MEMORY,
     "pending": SPOOL_PENDING,
     "oldest_accepted_at": SPOOL_OLDEST,
 }

@@ -282,6 +282,8 @@ def test_stats_describe_the_stream_cheaply(make_redis_spool: SpoolFactory) -> No
     assert 0 <= stats["oldest_pending_age"] < 60 and 0 <= stats["oldest_event_age"] < 60
     assert stats["oldest_accepted_at"] == record(0).accepted_at  # as the SQLite spool reports it
     assert stats["last_error"] is None and stats["consumer"] == spool.consumer
+    assert isinstance(stats["memory_bytes"], int) and stats["memory_bytes"] > (empty["memory_bytes"] or 0), \
+        "Redis's estimate of the stream's memory grows with its entries"
 
 
 # -- Redis down, hung, restarted ---------------------------------------------------------------
