@@ -17,7 +17,8 @@ its 5 ms turns, as any Python code does: a call that loses its turn waits for th
 The workers take the same lock the same way (:class:`PoliteLock`, also under the manager's
 conditions): a worker that blocked on it after a request, or when woken, owned it while it
 waited for the GIL, and every sender that came meanwhile found it taken. Measured (8 sending
-threads): of the calls that found the lock taken, about 9 in 10 found it so, before.
+threads): of the calls that found the lock taken, about 9 in 10 found it so; 0.10-0.28 % of
+calls found it taken before, 0.04-0.08 % after.
 """
 
 from __future__ import annotations
