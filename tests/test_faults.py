@@ -62,6 +62,18 @@ def test_429_with_retry_after_is_honoured(make_client: ClientFactory, collector:
     assert sorted(ids(collector)) == [str(i) for i in range(5)]
 
 
+def test_a_redirect_is_followed_as_requests_follows_it(make_client: ClientFactory, collector: OdpCollector) -> None:
+    client = make_client()
+    collector.respond_with(307, times=1, location=f"{collector.url}/v3/events", body="")
+    send_many(client, 5)
+    assert client.flush(20)
+    redirected, accepted = collector.requests[0], collector.requests[1]
+    assert redirected.status == 307 and accepted.status == 202
+    assert accepted.body == redirected.body, "the same body, sent again where the redirect points"
+    assert {k.lower(): v for k, v in accepted.headers.items()}["x-api-key"] == API_KEY
+    assert sorted(ids(collector)) == [str(i) for i in range(5)] and collector.duplicates() == {}
+
+
 def test_one_poison_event_among_500_costs_exactly_that_event(make_client: ClientFactory,
                                                              collector: OdpCollector) -> None:
     manager = BatchEventManager(flush_interval=3600)

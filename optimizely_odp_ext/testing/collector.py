@@ -75,6 +75,7 @@ class _CannedResponse:
     remaining: int | None
     retry_after: str | None
     body: str | None
+    location: str | None = None
 
 
 @dataclass
@@ -315,6 +316,7 @@ class OdpCollector:
         times: int | None = None,
         retry_after: str | None = None,
         body: str | None = None,
+        location: str | None = None,
     ) -> None:
         """Answer the next ``times`` requests (``None``: until :meth:`reset_faults`) with ``status``.
 
@@ -325,13 +327,14 @@ class OdpCollector:
             times: How many requests to answer so; ``None`` for all of them.
             retry_after: A ``Retry-After`` header value to send, if any.
             body: The response body; by default a small ODP-style JSON problem object.
+            location: A ``Location`` header to send, if any: with a 3xx status, a redirect.
         """
         if not 200 <= status <= 599:
             raise ValueError(f"status must be between 200 and 599, not {status}")
         if times is not None and times < 0:
             raise ValueError("times must be >= 0 or None")
         with self._cond:
-            self._canned = _CannedResponse(status, times, retry_after, body)
+            self._canned = _CannedResponse(status, times, retry_after, body, location)
 
     def set_delay(self, seconds: float) -> None:
         """Wait ``seconds`` before answering each request (concurrent requests wait in parallel).
@@ -438,6 +441,8 @@ class OdpCollector:
         if canned is not None:
             payload = canned.body.encode() if canned.body is not None else _problem(canned.status, "injected")
             headers = {"Retry-After": canned.retry_after} if canned.retry_after is not None else {}
+            if canned.location is not None:
+                headers["Location"] = canned.location
             self._record_request(handler, path, body, canned.status, _dicts(parsed), received_at)
             _answer(handler, canned.status, payload, headers)
             return
