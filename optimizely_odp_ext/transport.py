@@ -22,11 +22,11 @@ RETRYABLE_STATUSES = frozenset({408, 429})
 SPLITTABLE_STATUSES = frozenset({400, 413, 422})
 UNAUTHORIZED_STATUSES = frozenset({401, 403})
 ENVIRONMENT_TTL = 1.0
-"""Seconds the settings ``requests`` reads from the environment for a URL (``HTTPS_PROXY``,
-``NO_PROXY``, ``REQUESTS_CA_BUNDLE``, ...) are reused: reading them at every request cost about
-75 µs (every environment variable is scanned), a sixth of a 500-event POST's CPU. The request
-the session prepares for a destination (its headers, and ``.netrc`` credentials when there are
-any) is reused as long."""
+"""Seconds what the session makes for a destination is reused: the settings ``requests`` reads
+from the environment for its URL (``HTTPS_PROXY``, ``NO_PROXY``, ``REQUESTS_CA_BUNDLE``, ...;
+reading them cost about 75 µs, every environment variable scanned), and the request it prepares
+(its headers, and ``.netrc`` credentials when there are any). A change to the environment is
+followed within that time."""
 
 
 class OutcomeKind(Enum):
@@ -65,11 +65,11 @@ class Transport:
 
     def __init__(self, timeout: float = 10.0, pool_size: int = 4) -> None:
         self.timeout = timeout
-        self.session = _Session()
+        self.session = requests.Session()
         self._adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
         self.session.mount("https://", self._adapter)
         self.session.mount("http://", self._adapter)
-        self._prepared: dict[OdpIntegration, tuple[float, requests.PreparedRequest]] = {}
+        self._prepared: dict[OdpIntegration, _Prepared] = {}
 
     def send(self, integration: OdpIntegration, body: bytes | JoinedBody, timeout: float | None = None) -> Outcome:
         """POST one batch (its bytes, or a large body made while it is sent, with its length as
@@ -79,15 +79,16 @@ class Transport:
         limit = self.timeout if timeout is None else min(self.timeout, timeout)
         try:
             bound: Any = Timeout(connect=limit, read=limit, total=limit)  # requests passes it to urllib3
-            request = self._prepare(integration).copy()
+            prepared = self._prepare(integration)
+            request = prepared.request.copy()
             request.prepare_body(body, None)  # and its Content-Length
-            url = integration.events_url
-            settings = self.session.merge_environment_settings(url, {}, None, None, None)
+            settings = prepared.settings
             response = self._adapter.send(request, timeout=bound, verify=settings["verify"], cert=settings["cert"],
                                           proxies=settings["proxies"])
             if response.is_redirect:
                 response.close()
-                response = self.session.post(url, data=body, headers=_headers(integration), timeout=bound)
+                response = self.session.post(integration.events_url, data=body, headers=_headers(integration),
+                                             timeout=bound)
             text = response.text  # read it all, so the connection goes back to the pool
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as error:
             return Outcome(OutcomeKind.RETRY, detail=f"network error: {type(error).__name__}")
@@ -102,43 +103,33 @@ class Transport:
     def close(self) -> None:
         self.session.close()
 
-    def _prepare(self, integration: OdpIntegration) -> requests.PreparedRequest:
-        """The request the session prepares for a POST to ``integration`` (body aside), made
-        again after :data:`ENVIRONMENT_TTL`."""
+    def _prepare(self, integration: OdpIntegration) -> _Prepared:
+        """What the session makes for a POST to ``integration`` (body aside), made again after
+        :data:`ENVIRONMENT_TTL`."""
         now = time.monotonic()
         made = self._prepared.get(integration)
-        if made is None or now - made[0] >= ENVIRONMENT_TTL:
+        if made is None or now - made.at >= ENVIRONMENT_TTL:
             if len(self._prepared) >= 16:  # destinations of earlier datafiles
                 self._prepared.clear()
-            request = requests.Request("POST", integration.events_url, headers=_headers(integration), data=b"")
-            made = self._prepared[integration] = (now, self.session.prepare_request(request))
-        return made[1]
+            url = integration.events_url
+            request = requests.Request("POST", url, headers=_headers(integration), data=b"")
+            made = self._prepared[integration] = _Prepared(
+                now, self.session.prepare_request(request),
+                self.session.merge_environment_settings(url, {}, None, None, None))
+        return made
+
+
+class _Prepared(NamedTuple):
+    at: float
+    """``time.monotonic()`` when it was made."""
+    request: requests.PreparedRequest
+    """Copied for each request (``HTTPAdapter.send`` is given a request of its own)."""
+    settings: Any
+    """``verify``, ``cert`` and ``proxies`` from the environment (read, never changed)."""
 
 
 def _headers(integration: OdpIntegration) -> dict[str, str]:
     return {"content-type": "application/json", "x-api-key": integration.api_key}
-
-
-class _Session(requests.Session):
-    """A ``requests.Session`` that reads the environment for a URL at most once per
-    :data:`ENVIRONMENT_TTL`: a change to it is followed within that time."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._environment: dict[str, tuple[float, Any]] = {}
-
-    def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any) -> Any:
-        if proxies or stream is not None or verify is not None or cert is not None or not self.trust_env:
-            return super().merge_environment_settings(url, proxies, stream, verify, cert)
-        now = time.monotonic()
-        read = self._environment.get(url)
-        if read is None or now - read[0] >= ENVIRONMENT_TTL:
-            if len(self._environment) >= 16:  # hosts of earlier datafiles
-                self._environment.clear()
-            read = self._environment[url] = (now, super().merge_environment_settings(url, {}, None, None, None))
-        settings = dict(read[1])
-        settings["proxies"] = dict(settings["proxies"])  # requests may change what it is given
-        return settings
 
 
 def _without_key(text: str, api_key: str) -> str:
