@@ -215,6 +215,8 @@ VARIANTS: dict[str, tuple[str, dict[str, str], bool]] = {
     "null": ("null", {}, False),
     "encode": ("encode", {}, False),
 }
+REFERENCES = ("null", "encode")
+"""Client kinds that send nothing to the collector: the harness's references."""
 """A client as the reports name it -> (client kind, environment, run the previous release's package)."""
 
 
@@ -236,7 +238,7 @@ def measure(variant: str, *, events: int, threads: int = 1, size: str = "small",
         child = common.ChildProcess("clients.py", spec, env=env, package=package)
         try:
             ready = child.expect_json("READY", 120)
-            if kind not in ("null", "encode") and not server.wait_for_events(10, 30.0):
+            if kind not in REFERENCES and not server.wait_for_events(10, 30.0):
                 raise RuntimeError(f"{variant}: the warm-up events never arrived")
             if variant == "ours-ujson" and ready.get("encoder") != "ujson":
                 raise RuntimeError("ours-ujson: ujson is not installed (pip install -e '.[fast]')")
@@ -250,7 +252,7 @@ def measure(variant: str, *, events: int, threads: int = 1, size: str = "small",
             child.say("GO")
             limit = timeout + 60 + events / 1000
             result = child.expect_json("RESULT", limit)
-            if drain and kind not in ("null", "encode") and not fault_status:
+            if drain and kind not in REFERENCES and not fault_status:
                 common.wait_delivered(server, deliveries, child, events if kind != "official" else None, 30.0)
         finally:
             child.cleanup()
