@@ -38,8 +38,8 @@ if TYPE_CHECKING:  # imported when a spool is configured: a manager without one 
     from optimizely_odp_ext.spool.opening import SpoolProblem
 
 SPAWN_LATENCY = 0.015
-"""Seconds a request must take, on average, before a second worker is worth its GIL contention
-(and, with ``n`` workers, at least ``2 n`` times a worker's own work per batch)."""
+"""Seconds a request must wait for ODP, on average, before a second worker is worth its GIL
+contention (and, with ``n`` workers, at least ``2 n`` times a worker's own work per batch)."""
 CLAIM_CHUNK = 5000
 """Events a previous run left in the spool, read per call."""
 SETTLE_POLL = 0.05
@@ -487,7 +487,7 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
         worker's own work per batch (cutting it and joining its body; in a fleet also appending and claiming, in the
         Redis client) must be well under the wait: otherwise more workers only take turns at
         the GIL, and application threads wait for the lock behind them."""
-        waiting = self._request_time
+        waiting = self._odp_wait
         own_work = self._encode_time + self._fleet_work * self._cut_events
         if (self._idle or waiting < SPAWN_LATENCY or waiting < 2 * own_work * self._workers
                 or self._workers > self.settings.max_in_flight):

@@ -84,8 +84,10 @@ class ManagerState:
         self._sealing_events = 0
         self._workers = 0
         self._idle = 0
-        self._request_time = 0.0
-        """Mean duration of a request lately: more workers only help when requests are slow."""
+        self._odp_wait = 0.0
+        """Mean time a request waited for ODP lately (its duration less the turns of the GIL it
+        waited for: :func:`.jobs.waited_on_odp`): more workers only help when ODP is slow to
+        answer, not when a busy process is slow to let the worker read the answer."""
         self._encode_time = 0.0
         """Mean time making a batch of cut events took lately (small: its body is joined when sent)."""
         self._fleet_work = 0.0

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import threading
 
 import pytest
 from conftest import ClientFactory, log_lines
 
 from optimizely_odp_ext import BatchEventManager, DiscardReason, SettingError, encoding
+from optimizely_odp_ext.managers import jobs
 from optimizely_odp_ext.testing import OdpCollector
 
 
@@ -121,6 +123,32 @@ def test_sixteen_producers_with_concurrent_requests_deliver_every_event_exactly_
     assert max(request_sizes(collector)) <= 25
     stats = client.odp_stats()
     assert stats["delivered"] == 16 * per_thread and stats["in_flight"] == 0 and stats["queued"] == 0
+
+
+def test_requests_go_out_several_at_a_time_while_odp_is_slow_to_answer(
+    make_client: ClientFactory, collector: OdpCollector,
+) -> None:
+    collector.set_delay(0.1)
+    client = make_client(odp_event_manager=BatchEventManager(batch_size=50, max_in_flight=3, flush_interval=0.01))
+    for i in range(1000):
+        assert client.send_odp_event("slow", {"fs_user_id": str(i)})
+    assert client.flush(30)
+    assert collector.event_count() == 1000 and collector.duplicates() == {}
+    assert 2 <= collector.connections_opened() <= 3, "a connection per request in flight, up to max_in_flight"
+
+
+@pytest.mark.parametrize(("took", "busy", "waited"), [
+    (0.050, 0.0, 0.050),  # an idle process: all of it was ODP's
+    (0.050, 1.0, 0.035),  # a busy one: less 3 turns of the GIL (5 ms each)
+    (0.050, 0.5, 0.0425),
+    (0.012, 1.0, 0.0),  # never below nothing
+    (0.050, 1.7, 0.035),  # threads that ran without the GIL do not make it wait longer
+])
+def test_a_request_waited_for_odp_its_time_less_the_turns_of_the_gil_a_busy_process_made_it_wait(
+    took: float, busy: float, waited: float,
+) -> None:
+    assert sys.getswitchinterval() == 0.005
+    assert jobs.waited_on_odp(took, busy) == pytest.approx(waited)
 
 
 def test_settings_come_from_arguments_then_environment(monkeypatch: pytest.MonkeyPatch) -> None:
