@@ -215,9 +215,9 @@ VARIANTS: dict[str, tuple[str, dict[str, str], bool]] = {
     "null": ("null", {}, False),
     "encode": ("encode", {}, False),
 }
+"""A client as the reports name it -> (client kind, environment, run the previous release's package)."""
 REFERENCES = ("null", "encode")
 """Client kinds that send nothing to the collector: the harness's references."""
-"""A client as the reports name it -> (client kind, environment, run the previous release's package)."""
 
 
 def measure(variant: str, *, events: int, threads: int = 1, size: str = "small", latency_ms: float = 0.0,
