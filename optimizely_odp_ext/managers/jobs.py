@@ -19,8 +19,6 @@ from optimizely_odp_ext.settings import seconds
 from optimizely_odp_ext.transport import Outcome, OutcomeKind
 
 EXPIRY_CHECK_INTERVAL = 1.0
-
-
 GIL_WAITS_PER_REQUEST = 3
 """Turns of the GIL a request waits for when the process is busy: its thread gives the GIL up to
 check the connection, to send and to wait for the answer, and each time gets it back only when
