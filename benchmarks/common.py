@@ -118,6 +118,12 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def paired_ratio(mine: Sequence[float | None], theirs: Sequence[float | None]) -> float | None:
+    """The median of ``mine[i] / theirs[i]``: each measurement over the one taken beside it, so that
+    a change in the machine's speed between pairs hits both sides of a ratio."""
+    return median([ratio(a, b) for a, b in zip(mine, theirs)])
+
+
 # ============================================================================ process readers
 
 

@@ -70,17 +70,18 @@ class DrainResults:
     def to_floor(self, key: Key) -> float | None:
         """Median over repetitions of a run's CPU per event over the floor measured just before it
         (stdlib json); runs saved without one: the two medians' ratio."""
-        paired = [common.ratio(run.get("cpu_us_per_event"), run["floor"]["cpu_us_per_event"])
-                  for run in self.runs.get(key, []) if run.get("floor")]
-        if any(r is not None for r in paired):
-            return common.median(paired)
+        runs = [run for run in self.runs.get(key, []) if run.get("floor")]
+        paired = common.paired_ratio([run.get("cpu_us_per_event") for run in runs],
+                                     [run["floor"]["cpu_us_per_event"] for run in runs])
+        if paired is not None:
+            return paired
         return common.ratio(self.med(key, "cpu_us_per_event"), self.floor(key[1]))
 
     def paired(self, key: Key, other: Key, name: str) -> float | None:
         """Median over repetitions of ``run[name]`` of ``key`` over that of ``other``, run beside it in
         the same repetition."""
-        return common.median([common.ratio(a.get(name), b.get(name))
-                              for a, b in zip(self.runs.get(key, []), self.runs.get(other, []))])
+        return common.paired_ratio([run.get(name) for run in self.runs.get(key, [])],
+                                   [run.get(name) for run in self.runs.get(other, [])])
 
     def floor(self, size: str, encoder: str = "json") -> float | None:
         return common.median([f["cpu_us_per_event"] for f in self.floors.get((size, encoder), [])])

@@ -78,8 +78,7 @@ class ImportResults:
         """Median over the rounds of a variant's time over the official's in the same round (they
         run one after the other: a change in the machine's speed between rounds hits both)."""
         times = self.in_process if in_process else self.times
-        return common.median([common.ratio(mine, official)
-                              for mine, official in zip(times.get(variant, []), times.get("official", []))])
+        return common.paired_ratio(times.get(variant, []), times.get("official", []))
 
 
 def _installed_environment() -> str:
