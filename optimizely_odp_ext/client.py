@@ -18,7 +18,7 @@ from optimizely_odp_ext.event import DEFAULT_EVENT_TYPE, InvalidEventError, OdpE
 from optimizely_odp_ext.integration import IntegrationEntry, IntegrationState, OdpIntegration, mask_key
 from optimizely_odp_ext.logs import LogRateLimiter, count_value
 from optimizely_odp_ext.managers import lifecycle  # noqa: F401  # see below
-from optimizely_odp_ext.managers.base import DEFAULT_FLUSH_TIMEOUT, EventManager
+from optimizely_odp_ext.managers.base import DEFAULT_FLUSH_TIMEOUT, EventManager, wait_limit
 from optimizely_odp_ext.notifications import OdpNotificationCenter
 from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
 from optimizely_odp_ext.sdk_adapter import OfficialEventManagerBridge, SdkEventManagerAdapter
@@ -334,8 +334,7 @@ class OdpOptimizely(Optimizely):
 
     def _send(self, action: object, identifiers: object, type: object, data: object) -> SendResult:
         if self._odp_closed:
-            return SendResult.discarded(DiscardReason.CLOSED, f"{_OFFICIAL_PREFIXES[DiscardReason.CLOSED]} "
-                                        "The client is closed.")
+            return _client_closed()
         if not self.is_valid:
             return SendResult.discarded(DiscardReason.SDK_NOT_READY,
                                         enums.Errors.INVALID_OPTIMIZELY.format("send_odp_event"))
@@ -360,6 +359,8 @@ class OdpOptimizely(Optimizely):
                 return SendResult.discarded(DiscardReason.SDK_NOT_READY,
                                             enums.Errors.INVALID_PROJECT_CONFIG.format("send_odp_event"))
             with self._odp_lock:
+                if self._odp_closed:  # close() began since _send looked: it gives up the held events
+                    return _client_closed()
                 if self._odp[0] is IntegrationState.UNDETERMINED:
                     if len(self._held) >= HELD_CAPACITY:
                         return SendResult.discarded(
@@ -399,7 +400,7 @@ class OdpOptimizely(Optimizely):
         including for the datafile of an ``sdk_key`` client. True when all of it was
         delivered or finally resolved in time, False when the time ran out first.
         Blocks; thread-safe."""
-        deadline = time.monotonic() + _bounded(timeout)
+        deadline = time.monotonic() + wait_limit(timeout, DEFAULT_FLUSH_TIMEOUT)
         self._refusal_log.flush()
         if not self._wait_for_held(deadline):
             return False
@@ -412,20 +413,30 @@ class OdpOptimizely(Optimizely):
         held for a datafile that never came are offered to the manager's ``park`` (a spool
         keeps them for the next start); the rest are dropped (``sdkNotReady``), counted,
         announced and logged. Idempotent. Blocks; thread-safe."""
-        if self._odp_closed:
-            return
-        self._odp_closed = True
+        requested = None if timeout is None else wait_limit(timeout, 0.0)  # a non-number raises before any change
+        with self._odp_lock:  # an event being held now sees it (see _hold_or_refuse)
+            if self._odp_closed:
+                return
+            self._odp_closed = True
+        try:
+            self._close_odp(requested)
+        except Exception as error:  # a custom manager that raises: the base client is closed all the same
+            self.logger.error(f"ODP event manager could not be closed: {type_name(error)}.")
+        finally:
+            self._refusal_log.flush()
+            compat.close_base_client(self, getattr(super(), "close", None))
+
+    def _close_odp(self, requested: float | None) -> None:
         manager = self._manager_to_close()
         if manager is None:  # none to deliver through (off, unused, or not buildable): held events are dropped
             self._give_up_held(None)
-        else:
-            limit = getattr(getattr(manager, "settings", None), "close_timeout", 10.0) if timeout is None else timeout
-            deadline = time.monotonic() + max(0.0, limit)
-            if not self._wait_for_held(deadline):
-                self._give_up_held(manager)
-            manager.close(_remaining(deadline))
-        self._refusal_log.flush()
-        compat.close_base_client(self, getattr(super(), "close", None))
+            return
+        if requested is None:
+            requested = wait_limit(getattr(getattr(manager, "settings", None), "close_timeout", None), 10.0)
+        deadline = time.monotonic() + requested
+        if not self._wait_for_held(deadline):
+            self._give_up_held(manager)
+        manager.close(_remaining(deadline))
 
     def _manager_to_close(self) -> EventManager | None:
         """The manager ``close()`` delivers through. A default one not built yet stays unbuilt
@@ -532,9 +543,9 @@ def _build_default(settings: ManagerSettings) -> BatchEventManager:
     return BatchEventManager.from_settings(settings)
 
 
-def _bounded(timeout: float | None) -> float:
-    """A wait in seconds: None is the default bound; negative or NaN is 0."""
-    return DEFAULT_FLUSH_TIMEOUT if timeout is None else max(0.0, timeout)
+def _client_closed() -> SendResult:
+    prefix = _OFFICIAL_PREFIXES[DiscardReason.CLOSED]
+    return SendResult.discarded(DiscardReason.CLOSED, f"{prefix} The client is closed.")
 
 
 def _remaining(deadline: float) -> float:

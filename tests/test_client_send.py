@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from conftest import API_KEY, ClientFactory, log_lines
 
-from optimizely_odp_ext import DiscardReason, OdpOptimizely
+from optimizely_odp_ext import DiscardReason, EventManager, OdpEvent, OdpOptimizely, SendResult
 from optimizely_odp_ext.compat import HAS_NATIVE_ODP, SDK_VERSION
+from optimizely_odp_ext.result import ACCEPTED
 from optimizely_odp_ext.testing import OdpCollector, RecordingEventDispatcher, sample_datafile
 
 
@@ -189,6 +190,36 @@ def test_invalid_client_reports_sdk_not_ready(sdk_logger: logging.Logger) -> Non
     client.close()
 
 
+class FailingCloseManager(EventManager):
+    def send(self, event: OdpEvent) -> SendResult:
+        return ACCEPTED
+
+    def close(self, timeout: float | None = None) -> bool:
+        raise RuntimeError("the caller's manager failed")
+
+
+class RecordingProcessor:
+    """The base client's event processor: records that the client stopped it."""
+
+    stopped = False
+
+    def process(self, user_event: Any) -> None: ...
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+def test_close_stops_the_base_client_even_when_a_custom_manager_fails_to_close(
+        make_client: ClientFactory, caplog: pytest.LogCaptureFixture) -> None:
+    processor = RecordingProcessor()
+    client = make_client(odp_event_manager=FailingCloseManager(), event_processor=processor)
+    client.close()  # does not raise into the application
+    assert processor.stopped, "the base client was closed all the same"
+    assert any("could not be closed: RuntimeError" in line for line in log_lines(caplog, logging.ERROR))
+    result = client.send_odp_event("after", {"fs_user_id": "u"})
+    assert not result and result.reason is DiscardReason.CLOSED
+
+
 def test_send_after_close_reports_closed(make_client: ClientFactory, collector: OdpCollector) -> None:
     client = make_client()
     assert client.send_odp_event("before", {"fs_user_id": "u"})
@@ -240,9 +271,6 @@ def test_tls_verification_stays_on() -> None:
 def test_a_custom_manager_is_started_with_the_sdk_logger_center_and_integration(
     make_client: ClientFactory, collector: OdpCollector, sdk_logger: logging.Logger,
 ) -> None:
-    from optimizely_odp_ext import EventManager, OdpEvent, SendResult
-    from optimizely_odp_ext.result import ACCEPTED
-
     class Recording(EventManager):
         def __init__(self) -> None:
             self.events: list[OdpEvent] = []

@@ -171,6 +171,42 @@ def test_held_events_given_up_at_close_are_counted_announced_and_logged(
                for line in log_lines(caplog, logging.ERROR))
 
 
+class BlockingData(dict):  # type: ignore[type-arg]
+    """A caller's data whose copy waits until the test says so: it holds a send between its
+    check that the client is open and the moment it holds the event (any preemption can)."""
+
+    def __init__(self, entered: threading.Event, release: threading.Event, **items: Any) -> None:
+        super().__init__(**items)
+        self.entered, self.release = entered, release
+
+    def __iter__(self) -> Iterator[Any]:  # overridden: dict() then copies through keys()
+        return super().__iter__()
+
+    def keys(self) -> Any:
+        self.entered.set()
+        self.release.wait(10)
+        return super().keys()
+
+
+def test_an_event_sent_while_close_runs_is_refused_not_held_forever(
+    make_client: ClientFactory, server: DatafileServer, sdk_logger: logging.Logger,
+) -> None:
+    client = make_client(config_manager=polling_manager(server, sdk_logger))
+    entered, release = threading.Event(), threading.Event()
+    results: list[SendResult] = []
+    sender = threading.Thread(target=lambda: results.append(
+        client.send_odp_event("late", {"fs_user_id": "u"}, data=BlockingData(entered, release, n=1))))
+    sender.start()
+    assert entered.wait(10), "the send reached its copy of the data"
+    client.close(timeout=0.05)
+    release.set()
+    sender.join(10)
+    assert len(results) == 1 and not results[0] and results[0].reason is DiscardReason.CLOSED
+    stats = client.odp_stats()
+    assert stats["accepted"] == 0 and stats["held_for_datafile"] == 0 and stats["refused"] == {"closed": 1}
+    assert client.flush(0.5) is True, "nothing accepted is left waiting"
+
+
 class ParkingManager(EventManager):
     """Keeps the first ``capacity`` parked events (as a spool would), delivers nothing."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
@@ -12,6 +13,15 @@ from optimizely_odp_ext.result import SendResult
 
 DEFAULT_FLUSH_TIMEOUT = 30.0
 """Seconds ``flush()`` waits at most when given no timeout (OpenTelemetry's ``force_flush`` default)."""
+
+
+def wait_limit(timeout: float | None, default: float) -> float:
+    """The seconds a ``flush``/``close`` given ``timeout`` waits: None is ``default``; negative or
+    NaN is 0; beyond the longest wait the platform's locks take (``threading.TIMEOUT_MAX``, about
+    292 years; ``inf``), that longest wait."""
+    if timeout is None:
+        return default
+    return min(max(0.0, timeout), threading.TIMEOUT_MAX)
 
 
 class EventManager(ABC):

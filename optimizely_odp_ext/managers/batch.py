@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from optimizely_odp_ext.event import OdpEvent
 from optimizely_odp_ext.integration import OdpIntegration
 from optimizely_odp_ext.managers import heap, lifecycle
-from optimizely_odp_ext.managers.base import DEFAULT_FLUSH_TIMEOUT, EventManager
+from optimizely_odp_ext.managers.base import DEFAULT_FLUSH_TIMEOUT, EventManager, wait_limit
 from optimizely_odp_ext.managers.batching import SPOOL_ID, WAITING_OVERHEAD, waiting_memory
 from optimizely_odp_ext.managers.convoy import acquire_contended
 from optimizely_odp_ext.managers.fleet import STORE_CHUNK, FleetJobs
@@ -221,7 +221,7 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
         """Send everything accepted so far now, and wait until it was delivered or finally
         resolved: True then, False if ``timeout`` seconds (None: :data:`DEFAULT_FLUSH_TIMEOUT`)
         ran out first. Blocks up to ``timeout``; thread-safe."""
-        limit = DEFAULT_FLUSH_TIMEOUT if timeout is None else max(0.0, timeout)
+        limit = wait_limit(timeout, DEFAULT_FLUSH_TIMEOUT)
         deadline = time.monotonic() + limit
         with self._lock:
             target = self._next_seq
@@ -277,13 +277,17 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
         ``close_timeout`` setting), then stop. What is left is counted as dropped (reason
         ``shutdown``) and logged, except what a spool keeps for the next start. Idempotent (a
         second call returns the first one's verdict). Blocks up to ``timeout``; thread-safe."""
+        limit = wait_limit(timeout, self.settings.close_timeout)
         with self._lock:
             if self._closed:
                 return self._close_result
             self._closed = True
-        limit = self.settings.close_timeout if timeout is None else max(0.0, timeout)
         deadline = time.monotonic() + limit
-        delivered_all = self.flush(limit)
+        try:
+            delivered_all = self.flush(limit)
+        except Exception as error:  # the manager stops and accounts for what it holds all the same
+            self.logger.error(f"ODP event manager could not deliver at close: {type(error).__name__}.")
+            delivered_all = False
         with self._lock:
             self._stopping = self._finished = True
             dropped, kept = self._abandon_everything()

@@ -42,7 +42,7 @@ from optimizely_odp_ext.event import OdpEvent
 from optimizely_odp_ext.integration import OdpIntegration
 from optimizely_odp_ext.logs import LogRateLimiter
 from optimizely_odp_ext.managers import lifecycle
-from optimizely_odp_ext.managers.base import DEFAULT_FLUSH_TIMEOUT, EventManager
+from optimizely_odp_ext.managers.base import DEFAULT_FLUSH_TIMEOUT, EventManager, wait_limit
 from optimizely_odp_ext.managers.batching import WAITING_OVERHEAD, Batch, Destination, seal, waiting_memory
 from optimizely_odp_ext.managers.ledger import DeliveryLedger, Fate
 from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
@@ -169,7 +169,7 @@ class SyncEventManager(EventManager):
         stays for the next flush. No request outlasts the time left. Once ``close`` has started,
         returns its verdict (False while it runs). Blocks up to ``timeout``; thread-safe
         (concurrent flushes share the work)."""
-        limit = DEFAULT_FLUSH_TIMEOUT if timeout is None else max(0.0, timeout)
+        limit = wait_limit(timeout, DEFAULT_FLUSH_TIMEOUT)
         return self._flush(time.monotonic() + limit, final=False)
 
     def close(self, timeout: float | None = None) -> bool:
@@ -177,13 +177,17 @@ class SyncEventManager(EventManager):
         is left (counted as ``shutdown`` and logged). True when nothing was left undelivered.
         Idempotent (a second call returns the first one's result). Blocks up to ``timeout``;
         thread-safe."""
+        limit = wait_limit(timeout, self.settings.close_timeout)
         with self._lock:
             if self._closed:
                 return self._close_result
             self._closed = True
             self._changed.notify_all()  # a flush waiting out a backoff elsewhere returns now
-        limit = self.settings.close_timeout if timeout is None else max(0.0, timeout)
-        delivered = self._flush(time.monotonic() + limit, final=True)
+        try:
+            delivered = self._flush(time.monotonic() + limit, final=True)
+        except Exception as error:  # what is left is dropped and accounted for all the same
+            self.logger.error(f"ODP event manager could not deliver at close: {type(error).__name__}.")
+            delivered = False
         with self._lock:
             left = 0
             for dest in self._ledger.destinations.values():

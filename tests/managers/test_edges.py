@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import json
+import math
 import threading
 import time
 from pathlib import Path
@@ -91,6 +92,23 @@ def test_flush_without_a_timeout_gives_up_after_the_default_bound(
     assert manager.flush() is False
     assert time.monotonic() - began < 5
     manager.close(0)
+
+
+@pytest.mark.parametrize("manager", [BatchEventManager, SyncEventManager])
+@pytest.mark.parametrize("timeout", [math.inf, 1e10])
+def test_flush_and_close_take_an_endless_timeout_as_a_long_wait_not_an_error(
+        make_client: ClientFactory, collector: OdpCollector, manager: Any, timeout: float) -> None:
+    """``threading`` refuses waits beyond ``TIMEOUT_MAX`` (OverflowError): a caller asking to wait
+    "forever" gets the longest wait there is, and close() still stops the manager."""
+    client = make_client(odp_event_manager=manager())
+    assert client.send_odp_event("first", {"fs_user_id": "u1"})
+    assert client.flush(timeout) is True
+    assert client.send_odp_event("second", {"fs_user_id": "u2"})
+    client.close(timeout)
+    assert [e["action"] for e in collector.events] == ["first", "second"]
+    stats = client.odp_stats()
+    assert stats["delivered"] == 2 and stats["queued"] == 0
+    assert not client.send_odp_event("late", {"fs_user_id": "u3"}), "closed for good"
 
 
 def test_the_event_bound_is_exact_with_many_callers(collector: OdpCollector) -> None:
