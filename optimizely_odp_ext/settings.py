@@ -212,6 +212,8 @@ def _check(setting: Setting, value: Any, where: str) -> Any:
         if isinstance(value, str) and not value and not setting.optional:
             raise SettingError(f"{where} must not be empty")
         return value
+    if value != value:  # NaN: every comparison with a bound is False, and it would pass them
+        raise SettingError(f"{where} must be {setting.expectation()}, not {value!r}")
     if setting.minimum is not None and value < setting.minimum:
         raise SettingError(f"{where} must be {setting.expectation()}, not {value!r}")
     if setting.maximum is not None and value > setting.maximum:
