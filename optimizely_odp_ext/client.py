@@ -17,7 +17,7 @@ from optimizely_odp_ext import compat, notifications
 from optimizely_odp_ext.event import DEFAULT_EVENT_TYPE, InvalidEventError, OdpEvent, build_event
 from optimizely_odp_ext.integration import IntegrationEntry, IntegrationState, OdpIntegration, mask_key
 from optimizely_odp_ext.logs import LogRateLimiter, count_value
-from optimizely_odp_ext.managers import lifecycle  # noqa: F401  # see below
+from optimizely_odp_ext.managers import lifecycle  # see below
 from optimizely_odp_ext.managers.base import DEFAULT_FLUSH_TIMEOUT, EventManager, wait_limit
 from optimizely_odp_ext.notifications import OdpNotificationCenter
 from optimizely_odp_ext.result import ACCEPTED, DiscardReason, SendResult
@@ -82,19 +82,10 @@ class OdpOptimizely(Optimizely):
         arguments.pop("self")
         self._odp_closed = False
         self._datafile_may_come = True
-        self._odp_lock = threading.Condition()
         self._odp: tuple[IntegrationState, OdpIntegration | None] = (IntegrationState.UNDETERMINED, None)
         self._odp_problem: str | None = None
-        self._held: deque[OdpEvent] = deque()
-        self._releasing = 0
-        self._accepted = itertools.count()
-        """``next()`` on it is atomic under the GIL: the accepting path takes no lock."""
-        self._refused = {reason: itertools.count() for reason in DiscardReason}
-        self._dropped: Counter[str] = Counter()
-        """Held events this client gave up, by reason (under ``_odp_lock``)."""
-        self._parked = 0
-        """Held events a spool kept at close for the next start (a datafile never came)."""
-        self._refusal_log = LogRateLimiter()
+        self._start_counting()
+        lifecycle.track(self, exits_first=True)
         startup_notes: list[str] = []
 
         sdk = compat.sdk_odp_settings(arguments.get("settings"))
@@ -151,6 +142,33 @@ class OdpOptimizely(Optimizely):
                                 integration=known[1].integration if known else None)
         if known:
             self._apply_integration(*known)
+
+    def _start_counting(self) -> None:
+        """The client's own state of held and counted events, from nothing."""
+        self._odp_lock = threading.Condition()
+        self._held: deque[OdpEvent] = deque()
+        self._releasing = 0
+        self._accepted = itertools.count()
+        """``next()`` on it is atomic under the GIL: the accepting path takes no lock."""
+        self._refused = {reason: itertools.count() for reason in DiscardReason}
+        self._dropped: Counter[str] = Counter()
+        """Held events this client gave up, by reason (under ``_odp_lock``)."""
+        self._parked = 0
+        """Held events a spool kept at close for the next start (a datafile never came)."""
+        self._refusal_log = LogRateLimiter()
+
+    # -- fork and interpreter exit (managers/lifecycle.py) ---------------------------------------
+    def after_fork_in_child(self) -> None:
+        """A forked child counts from nothing, as its manager starts afresh: what was accepted
+        before the fork, events held for the datafile included, is the parent's to deliver."""
+        self._start_counting()
+
+    def at_exit(self, started: float) -> None:
+        """At interpreter exit without ``close()``, before the managers deliver what they hold:
+        events still held for a datafile that never came are offered to the manager's ``park``,
+        the rest dropped (``sdkNotReady``), counted, announced and logged, as ``close()`` does."""
+        if not self._odp_closed:
+            self._give_up_held(self._manager)
 
     # -- the event manager ---------------------------------------------------------------------
     @property

@@ -95,7 +95,8 @@ SETTINGS: tuple[Setting, ...] = (
             "(reason expired).", 1),
     Setting("close_timeout", float, 10.0, "Seconds close() waits to deliver what was accepted.", 0, 3600),
     Setting("exit_timeout", float, 5.0, "Seconds the interpreter waits at exit to deliver pending events "
-            "when close() was not called.", 0, 3600),
+            "when close() was not called (one wait for all clients: each manager's counts from the exit's start).",
+            0, 3600),
     Setting("spool_path", _path, None, "SQLite file where accepted events wait until ODP acknowledged "
             "them (durable across crashes and restarts). Off by default.", optional=True),
     Setting("spool_url", _path, None, "redis://, rediss:// or unix:// URL of a Redis stream a fleet shares: "

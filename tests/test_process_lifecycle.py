@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import API_KEY
 
-from optimizely_odp_ext.testing import OdpCollector, sample_datafile
+from optimizely_odp_ext.testing import DatafileServer, OdpCollector, sample_datafile
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -176,3 +176,88 @@ def test_exit_waits_exit_timeout_not_the_request_timeout(collector: OdpCollector
         # no close: the interpreter exits, and the exit hook may spend exit_timeout on delivery
     """, datafile))
     assert time.monotonic() - began < 6, "bounded by exit_timeout (1 s), not request_timeout (10 s)"
+
+
+def test_several_clients_share_one_exit_timeout(collector: OdpCollector, datafile: str) -> None:
+    collector.set_delay(60)  # takes the requests, never answers in time
+    process = run_script("""
+        import time
+        clients = [client(request_timeout=10, exit_timeout=1.0) for _ in range(3)]
+        for c in clients:
+            assert c.send_odp_event("at-exit", {"fs_user_id": "u"})
+        print(time.monotonic(), flush=True)  # the exit begins (CLOCK_MONOTONIC: the same in every process)
+    """, datafile)
+    exit_began = float(finish(process))
+    assert time.monotonic() - exit_began < 2.5, "one exit_timeout (1 s) for all, not one each (3 s)"
+
+
+def test_a_forked_child_counts_only_its_own_events(collector: OdpCollector, datafile: str) -> None:
+    if not hasattr(os, "fork"):
+        pytest.skip("no os.fork on this platform")
+    out = finish(run_script("""
+        c = client(flush_interval=3600)
+        for i in range(5):
+            assert c.send_odp_event("parent", {"fs_user_id": str(i)})
+        pid = os.fork()
+        if pid == 0:  # the child: like a gunicorn --preload worker
+            assert c.send_odp_event("child", {"fs_user_id": "c"})
+            flushed = c.flush(20)
+            stats = c.odp_stats()
+            print(json.dumps({"flushed": flushed, **{k: stats[k] for k in ("accepted", "delivered", "queued")}}),
+                  flush=True)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert c.flush(20) and c.odp_stats()["accepted"] == c.odp_stats()["delivered"] == 5
+        c.close()
+    """, datafile))
+    assert json.loads(out) == {"flushed": True, "accepted": 1, "delivered": 1, "queued": 0}
+    assert actions(collector) == ["child"] + ["parent"] * 5
+
+
+def datafile_never_comes(url: str) -> str:
+    return f"""
+        import time
+        from optimizely.config_manager import PollingConfigManager
+        from optimizely_odp_ext import ODP_EVENTS_DROPPED
+        c = OdpOptimizely(config_manager=PollingConfigManager(sdk_key="test-sdk-key-fork", url={url!r},
+                                                              update_interval=3600, blocking_timeout=0),
+                          event_dispatcher=RecordingEventDispatcher())
+        drops = []
+        c.notification_center.add_notification_listener(ODP_EVENTS_DROPPED, lambda *a: drops.append(a))
+        for i in range(3):
+            assert c.send_odp_event("held", {{"fs_user_id": str(i)}})
+    """
+
+
+def test_events_the_parent_holds_for_its_datafile_are_not_the_childs(datafile: str) -> None:
+    if not hasattr(os, "fork"):
+        pytest.skip("no os.fork on this platform")
+    with DatafileServer() as server:  # no datafile: the client holds its events
+        out = finish(run_script(datafile_never_comes(server.url) + """
+        pid = os.fork()
+        if pid == 0:
+            began = time.monotonic()
+            flushed = c.flush(10)
+            took = time.monotonic() - began
+            held = c.odp_stats()["held_for_datafile"]
+            c.close(1)
+            stats = c.odp_stats()
+            print(json.dumps({"flushed": flushed, "quick": took < 5, "held": held, "accepted": stats["accepted"],
+                              "dropped": stats["dropped"], "drops": drops}), flush=True)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert c.odp_stats()["held_for_datafile"] == 3, "the parent still holds its own"
+        c.close(0)
+        """, datafile))
+    assert json.loads(out) == {"flushed": True, "quick": True, "held": 0, "accepted": 0, "dropped": {}, "drops": []}
+
+
+def test_events_held_for_a_datafile_that_never_came_are_accounted_for_at_exit(datafile: str) -> None:
+    with DatafileServer() as server:
+        out = finish(run_script(datafile_never_comes(server.url) + """
+        c.notification_center.add_notification_listener(ODP_EVENTS_DROPPED, lambda *a: print(json.dumps(a)))
+        # no close: the interpreter exits
+        """, datafile))
+    assert [json.loads(line) for line in out.splitlines()] == [["sdkNotReady", 3]]

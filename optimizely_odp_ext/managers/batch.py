@@ -541,9 +541,9 @@ class BatchEventManager(DeliveryJobs, FleetJobs, EventManager):
             self._spool_problem = SpoolProblem.lost_in_fork()
         self._init_runtime_state()
 
-    def at_exit(self) -> None:
+    def at_exit(self, started: float) -> None:
         if not self._closed:
-            self.close(self.settings.exit_timeout)
+            self.close(lifecycle.exit_time_left(started, self.settings.exit_timeout))
 
 
 def _closed_result() -> SendResult:

@@ -315,8 +315,8 @@ class SyncEventManager(EventManager):
                 method(message)
         notifications.fire(self.notification_center, notes)
 
-    def at_exit(self) -> None:
-        self.close(self.settings.exit_timeout)
+    def at_exit(self, started: float) -> None:
+        self.close(lifecycle.exit_time_left(started, self.settings.exit_timeout))
 
     def after_fork_in_child(self) -> None:
         self._reset()
