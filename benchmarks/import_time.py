@@ -170,7 +170,16 @@ def _compile_bytecode(packages: list[Path]) -> None:
 
 
 def run(runs: int = 15, results: ImportResults | None = None) -> ImportResults:
-    results = results or ImportResults()
+    try:
+        return _measure(runs, results or ImportResults())
+    finally:  # the venv made for the run goes with it
+        if _PYTHON:
+            import shutil
+
+            shutil.rmtree(Path(_PYTHON.pop()).parents[2], ignore_errors=True)
+
+
+def _measure(runs: int, results: ImportResults) -> ImportResults:
     datafile = _datafile()
     commands = {variant: _command(variant, datafile) for variant in VARIANTS}
     common.progress(f"[import] {runs} runs of each of {', '.join(VARIANTS)}")
