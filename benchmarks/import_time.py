@@ -26,7 +26,7 @@ Goal: ours ≤ 1.05× the official. The modules ours loads that the official doe
 
 Run alone (prints only)::
 
-    python benchmarks/import_time.py --runs 15
+    python benchmarks/import_time.py --runs 31
 """
 
 # ruff: noqa: RUF001, RUF002
@@ -169,7 +169,7 @@ def _compile_bytecode(packages: list[Path]) -> None:
         compileall.compile_dir(str(package), quiet=1)
 
 
-def run(runs: int = 15, results: ImportResults | None = None) -> ImportResults:
+def run(runs: int = 31, results: ImportResults | None = None) -> ImportResults:
     try:
         return _measure(runs, results or ImportResults())
     finally:  # the venv made for the run goes with it
@@ -263,7 +263,7 @@ def render(results: ImportResults) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--runs", type=int, default=31)
     args = parser.parse_args()
     results = run(args.runs)
     print(render(results))
