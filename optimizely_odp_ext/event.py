@@ -14,7 +14,7 @@ The fidelity rule: what optimizely-sdk 5.x accepts and sends, this accepts and e
 to the same bytes (apart from the idempotence id). Refused, each with its reason, is
 only what the official client drops too (empty action, empty identifiers, data values
 that are not scalars), what makes it raise (identifier keys that are not strings, data
-that is not a dict), what cannot be valid JSON on the wire (NaN, infinities, integers
+that is truthy and not a mapping), what cannot be valid JSON on the wire (NaN, infinities, integers
 too long to print, strings with lone surrogates, objects JSON cannot encode), and what
 ODP's events API refuses on the wire: an action or a type that is not a string, a list
 or dict as an identifier value. Log lines start with the official client's wording where
@@ -311,8 +311,7 @@ def _copy_data(data: object) -> tuple[OdpData | None, str]:
     if data is None:
         return None, ""
     if data.__class__ is not dict and not isinstance(data, dict):
-        raise InvalidEventError(DiscardReason.INVALID_DATA,
-                                f"{INVALID_DATA} It must be a dict, not {_kind(data)}.")
+        data = _mapping_copy(data)
     if not data:
         return None, ""
     copy = dict(data)  # encoded and kept: what is sent is what was checked
@@ -325,6 +324,22 @@ def _copy_data(data: object) -> tuple[OdpData | None, str]:
     except (TypeError, ValueError, OverflowError, RecursionError) as error:  # checked: only a bug gets here
         raise InvalidEventError(DiscardReason.INVALID_DATA,
                                 f"{INVALID_DATA} It cannot be encoded as JSON ({error}).") from None
+
+
+def _mapping_copy(data: object) -> dict[Any, Any]:
+    """``data`` that is not a dict, taken as the official client takes it (``data or {}``, then its
+    ``values()`` checked and ``dict.update``): empty when it is falsy (``[]``, ``""``, ``0``), a
+    copy of a mapping (``UserDict``, ``MappingProxyType``); anything else is refused, where the
+    official client raises."""
+    try:
+        if not data:
+            return {}
+        if callable(getattr(data, "values", None)) and callable(getattr(data, "keys", None)):
+            mapping: Mapping[Any, Any] = data  # type: ignore[assignment]  # has keys() and values()
+            return dict(mapping)
+    except Exception:  # its __bool__, keys() or __getitem__ failed: refused below, as anything else
+        pass
+    raise InvalidEventError(DiscardReason.INVALID_DATA, f"{INVALID_DATA} It must be a dict, not {_kind(data)}.")
 
 
 def _plain_json(data: dict[Any, Any]) -> str:

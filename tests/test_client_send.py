@@ -46,6 +46,7 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], DiscardReason, str]] = [
     ("identifiers lone surrogate key", {"identifiers": {"e\udc00": "x"}}, DiscardReason.INVALID_IDENTIFIERS,
      "has a lone surrogate"),
     ("data not a dict", {"data": ["x"]}, DiscardReason.INVALID_DATA, "must be a dict, not list"),
+    ("data a truthy string", {"data": "x"}, DiscardReason.INVALID_DATA, "must be a dict, not str"),
     ("data key not a scalar", {"data": {(1, 2): "x"}}, DiscardReason.INVALID_DATA, "A key that is not a string: tuple"),
     ("data nested dict", {"data": {"n": {"a": 1}}}, DiscardReason.INVALID_DATA, "Value of 'n' is dict"),
     ("data list", {"data": {"l": [1, 2]}}, DiscardReason.INVALID_DATA, "Value of 'l' is list"),

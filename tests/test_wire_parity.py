@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections import UserDict
 from typing import Any
 
 import pytest
@@ -70,6 +71,11 @@ BYTE_CALLS: list[tuple[str, dict[str, Any], Any, Any]] = [
      {"city": "Zürich", "emoji": "\U0001f600", "quote": 'say "hi"\n', "big": 10**30, "tiny": 1e-300}),
     ("keys", {"fs_user_id": "u6"}, "fullstack", {1: "int key", 2.5: "float key", False: "bool key", None: "null"}),
     ("floats", {"fs_user_id": "u7"}, "fullstack", {"a": 0.1, "b": -0.0, "c": 1e100, "d": 3.0}),
+    # data that is not a dict: empty ones count as none (the official's `data or {}`), a mapping is
+    # taken as its items (its values() checked, then dict.update)
+    ("empty list data", {"fs_user_id": "u8"}, "fullstack", []),
+    ("empty string data", {"fs_user_id": "u9"}, "fullstack", ""),
+    ("mapping data", {"fs_user_id": "u10"}, "fullstack", UserDict({"k": "v", "idempotence_id": "mine"})),
 ]
 _IDEMPOTENCE_ID = re.compile(rb'"idempotence_id": "[0-9a-f-]{36}"')
 
