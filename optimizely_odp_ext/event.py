@@ -13,8 +13,8 @@ gets its idempotence id when it is made, and keeps it.
 The fidelity rule: what optimizely-sdk 5.x accepts and sends, this accepts and encodes
 to the same bytes (apart from the idempotence id). Refused, each with its reason, is
 only what the official client drops too (empty action, empty identifiers, data values
-that are not scalars), what makes it raise (identifier keys that are not strings, data
-that is truthy and not a mapping), what cannot be valid JSON on the wire (NaN, infinities, integers
+that are not scalars), what makes it raise (identifier keys that are not strings before the
+user id's key, data that is truthy and not a mapping), what cannot be valid JSON on the wire (NaN, infinities, integers
 too long to print, strings with lone surrogates, objects JSON cannot encode), and what
 ODP's events API refuses on the wire: an action or a type that is not a string, a list
 or dict as an identifier value. Log lines start with the official client's wording where
@@ -272,7 +272,7 @@ def _copy_identifiers(identifiers: object) -> dict[str, Any]:
     user_id_alias: str | None = None
     for key, value in copy.items():  # the common case (ASCII strings) costs two type checks
         if key.__class__ is not str or not key.isascii():
-            _check_identifier_key(key)
+            _check_identifier_key(key, after_user_id=user_id_alias is not None)
         if value.__class__ is str:
             if not value.isascii():
                 try:
@@ -289,8 +289,17 @@ def _copy_identifiers(identifiers: object) -> dict[str, Any]:
     return copy
 
 
-def _check_identifier_key(key: object) -> None:
+def _check_identifier_key(key: object, after_user_id: bool) -> None:
+    """A key that is not a string makes the official client raise while it looks for the user id
+    (``key.lower()``); after it, it is not looked at, and ``json.dumps`` turns a scalar into a
+    string as it does a data key's."""
     if not isinstance(key, str):
+        if after_user_id:
+            problem = _data_key_problem(key)
+            if problem is None:
+                return
+            raise InvalidEventError(DiscardReason.INVALID_IDENTIFIERS,
+                                    f"ODP identifiers are not valid ({problem[0].lower()}{problem[1:]}).")
         raise InvalidEventError(DiscardReason.INVALID_IDENTIFIERS,
                                 f"ODP identifiers are not valid (a key that is not a string: {_kind(key)}).")
     if _has_lone_surrogate(key):

@@ -35,6 +35,8 @@ BAD_INPUTS: list[tuple[str, dict[str, Any], DiscardReason, str]] = [
      "must be a dict, not list"),
     ("identifiers key not a string", {"identifiers": {1: "u"}}, DiscardReason.INVALID_IDENTIFIERS,
      "a key that is not a string: int"),
+    ("identifiers key not a scalar after the user id", {"identifiers": {"fs_user_id": "u", (1,): "x"}},
+     DiscardReason.INVALID_IDENTIFIERS, "a key that is not a string: tuple"),
     ("identifiers list value", {"identifiers": {"fs_user_id": ["u"]}}, DiscardReason.INVALID_IDENTIFIERS,
      "value of 'fs_user_id' must be one value (str, int, float, bool or None), not list"),
     ("identifiers NaN value", {"identifiers": {"fs_user_id": math.nan}}, DiscardReason.INVALID_IDENTIFIERS,

@@ -76,6 +76,9 @@ BYTE_CALLS: list[tuple[str, dict[str, Any], Any, Any]] = [
     ("empty list data", {"fs_user_id": "u8"}, "fullstack", []),
     ("empty string data", {"fs_user_id": "u9"}, "fullstack", ""),
     ("mapping data", {"fs_user_id": "u10"}, "fullstack", UserDict({"k": "v", "idempotence_id": "mine"})),
+    # identifier keys after the user id's are not looked at by the official client: json.dumps
+    # turns scalars into strings
+    ("keys after the user id", {"FS-USER-ID": "u11", 5: "x", None: "n", 1.5: "f", True: "t"}, "fullstack", None),
 ]
 _IDEMPOTENCE_ID = re.compile(rb'"idempotence_id": "[0-9a-f-]{36}"')
 
