@@ -13,12 +13,12 @@ gets its idempotence id when it is made, and keeps it.
 The fidelity rule: what optimizely-sdk 5.x accepts and sends, this accepts and encodes
 to the same bytes (apart from the idempotence id). Refused, each with its reason, is
 only what the official client drops too (empty action, empty identifiers, data values
-that are not scalars), what makes it raise (identifier keys that are not strings before the
-user id's key, data that is truthy and not a mapping), what cannot be valid JSON on the wire (NaN, infinities, integers
-too long to print, strings with lone surrogates, objects JSON cannot encode), and what
-ODP's events API refuses on the wire: an action or a type that is not a string, a list
-or dict as an identifier value. Log lines start with the official client's wording where
-it has one.
+that are not scalars), what makes it raise (identifier keys that are not strings before
+the user id's key, data that is truthy and not a mapping), what cannot be valid JSON on
+the wire (NaN and infinities as values, integers too long to print, strings with lone
+surrogates, objects JSON cannot encode), and what ODP's events API refuses on the wire:
+an action or a type that is not a string, a list or dict as an identifier value. Log
+lines start with the official client's wording where it has one.
 """
 
 from __future__ import annotations
@@ -218,6 +218,8 @@ def build_event(
     event = OdpEvent(type, action, identifiers, data)  # type: ignore[arg-type]  # both checked above
     if data is None or data.keys().isdisjoint(_DEFAULT_DATA_KEYS):  # else to_json encodes the merged data
         event._json = _event_json(event.type, event.action, identifiers, data_json)
+    elif _has_non_finite_key(data) or _has_non_finite_key(identifiers):  # to_json's encoder would refuse
+        event._json = json.dumps(event.to_dict()).encode()  # checked: only keys can be NaN or infinite
     return event
 
 
@@ -229,7 +231,7 @@ def _event_json(type: str, action: str, identifiers: dict[str, Any], data_json: 
         if len(identifiers) == 1 and value.__class__ is str:  # most events: fs_user_id; the key is a str (checked)
             identifiers_json = f"{{{_json_string(key)}: {_json_string(value)}}}"  # 0.12 µs; the encoder's call 0.3
         else:
-            identifiers_json = encoding.stdlib_dumps(identifiers)  # a few keys: see FAST_FROM_KEYS
+            identifiers_json = _checked_dumps(identifiers)  # a few keys: see FAST_FROM_KEYS
     except (TypeError, ValueError, OverflowError, RecursionError) as error:  # checked: only a bug gets here
         raise InvalidEventError(DiscardReason.INVALID_IDENTIFIERS,
                                 f"ODP identifiers are not valid (they cannot be encoded as JSON: {error}).") from None
@@ -329,10 +331,26 @@ def _copy_data(data: object) -> tuple[OdpData | None, str]:
         return copy, text
     _check_data(copy)  # names what cannot be sent; else the encoder only found it suspicious
     try:
-        return copy, encoding.stdlib_dumps(copy)
+        return copy, _checked_dumps(copy)
     except (TypeError, ValueError, OverflowError, RecursionError) as error:  # checked: only a bug gets here
         raise InvalidEventError(DiscardReason.INVALID_DATA,
                                 f"{INVALID_DATA} It cannot be encoded as JSON ({error}).") from None
+
+
+def _checked_dumps(checked: dict[Any, Any]) -> str:
+    """The JSON of identifiers or data whose values were checked: ``json.dumps`` as the official
+    client writes it. Only a key can then be NaN or an infinity, which the official client writes
+    as the string ``"NaN"`` (valid JSON: a key is a string), where our encoders refuse it."""
+    try:
+        return encoding.stdlib_dumps(checked)
+    except ValueError:
+        if not _has_non_finite_key(checked):
+            raise
+        return json.dumps(checked)
+
+
+def _has_non_finite_key(checked: dict[Any, Any]) -> bool:
+    return any(key.__class__ is float and key - key != 0.0 for key in checked)  # inf - inf is nan
 
 
 def _mapping_copy(data: object) -> dict[Any, Any]:
@@ -441,7 +459,9 @@ def _data_key_problem(key: object) -> str | None:
     """A data key is a string, or a scalar JSON turns into one (as the official client sends it)."""
     if isinstance(key, str):
         return "A key has a lone surrogate, which is not valid Unicode" if _has_lone_surrogate(key) else None
-    if key is None or isinstance(key, (int, float, bool)):
+    if isinstance(key, float):
+        return None  # NaN and the infinities too: json.dumps writes them as the keys "NaN", "Infinity"
+    if key is None or isinstance(key, (int, bool)):
         problem = _json_scalar_problem(key)
         return f"The key {_kind(key)} {problem}" if problem else None
     return f"A key that is not a string: {_kind(key)}"

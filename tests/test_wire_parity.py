@@ -79,6 +79,10 @@ BYTE_CALLS: list[tuple[str, dict[str, Any], Any, Any]] = [
     # identifier keys after the user id's are not looked at by the official client: json.dumps
     # turns scalars into strings
     ("keys after the user id", {"FS-USER-ID": "u11", 5: "x", None: "n", 1.5: "f", True: "t"}, "fullstack", None),
+    # NaN and the infinities as keys: json.dumps writes the strings "NaN", "Infinity" (valid JSON)
+    ("non-finite keys", {"fs_user_id": "u12", float("inf"): "i"}, "fullstack", {float("nan"): "n", float("-inf"): 1}),
+    ("non-finite keys and a default key", {"fs_user_id": "u13"}, "fullstack",
+     {float("nan"): "n", "data_source": "mine"}),
 ]
 _IDEMPOTENCE_ID = re.compile(rb'"idempotence_id": "[0-9a-f-]{36}"')
 
