@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run: a tenth of the events, 1 repetition")
     parser.add_argument("--repeat", type=int, default=None, help="repetitions of drain and burst (default 3)")
-    parser.add_argument("--import-runs", type=int, default=None, help="runs of each import variant (default 31)")
+    parser.add_argument("--import-runs", type=int, default=None,
+                        help=f"runs of each import variant (default {import_time.ROUNDS})")
     parser.add_argument("--only", nargs="+", choices=SCENARIOS, default=list(SCENARIOS))
     parser.add_argument("--write", action=argparse.BooleanOptionalAction, default=None,
                         help="write RESULTS.md and the charts (default: yes for a full run of every scenario)")
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="where to keep every run's raw figures (JSON)")
     args = parser.parse_args(argv)
     repeat = args.repeat or (1 if args.quick else 3)
-    import_runs = args.import_runs or (5 if args.quick else 31)
+    import_runs = args.import_runs or (5 if args.quick else import_time.ROUNDS)
     write = args.write if args.write is not None else (not args.quick and set(args.only) == set(SCENARIOS))
 
     started = time.monotonic()
